@@ -1,0 +1,30 @@
+# `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out/world
+
+.PHONY: setup demo test world bench clean
+
+$(BIN)/unityvideo: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# On CPU machines torch 2.13.0 is installed explicitly (a local CPU wheel); pyproject keeps a
+	# range so GPU users keep their own CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/unityvideo
+
+demo: setup
+	$(BIN)/unityvideo world --out $(OUT) --clips 8 --frames 16 --size 128 128 --preview
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2
+
+bench: setup
+	$(BIN)/python benchmarks/world_speed.py
+
+clean:
+	rm -rf $(VENV) out

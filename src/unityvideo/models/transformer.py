@@ -1,0 +1,542 @@
+"""UnityVideo transformer: any number of streams (RGB + visual modalities) through one Wan backbone.
+
+The backbone is diffusers' `WanTransformer3DModel`, used as is: its patch embedding, timestep and text
+embedders, 3D RoPE, blocks (self-attention, cross-attention, FFN, norms) and output layer, with Wan's
+weight names. UnityVideo adds four things, each a few lines below:
+
+- per-stream timesteps: every stream is modulated by its own timestep (a clean condition has t = 0);
+- a modality-aware AdaLN table: L_m is added to the stream's timestep embedding before the modulation
+  MLP, so (shift, scale, gate) = MLP(L_m + t_emb); zero-initialised, so the backbone is unchanged;
+- an in-context learner: each stream cross-attends to its own context (caption for RGB, modality prompt
+  for the others) through the block's shared cross-attention weights;
+- modality experts: each modality has its own patch embedding and output head, copied from the RGB ones.
+
+Layout: streams sit side by side in width for RoPE (stream s gets width positions offset by s * W) and
+are concatenated along the sequence in memory, so a stream is a slice of (B, S * N, D), and per-stream
+modulation / cross-attention are a reshape to (B, S, N, D) or (B * S, N, D). With a single RGB stream
+the forward is exactly the backbone's forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from diffusers import ConfigMixin, ModelMixin, WanTransformer3DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
+from safetensors import safe_open
+
+RGB = "rgb"
+DEFAULT_MODALITIES = ("depth", "flow", "segmentation", "skeleton", "densepose")
+EXPERT_MODES = ("per_modality", "shared", "none")
+TIMESTEP_SCALE = 1000.0  # Wan's embedder expects timesteps in [0, 1000]
+
+# Wan's backbone arguments that a UnityVideo config carries (the rest of Wan's config, I2V image
+# embeddings, is not supported).
+BACKBONE_KEYS = (
+    "patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
+    "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len",
+)
+
+PRESETS: dict[str, dict] = {
+    # 16-frame 64x64 world clips through the 4x4 pixel codec (48 channels); MiniLM text (384-d).
+    "tiny": dict(num_attention_heads=4, attention_head_dim=32, ffn_dim=512, num_layers=4,
+                 in_channels=48, text_dim=384, freq_dim=64),
+    # One GPU, about an hour on world clips; same codec and text encoder as tiny.
+    "small": dict(num_attention_heads=8, attention_head_dim=64, ffn_dim=2048, num_layers=16,
+                  in_channels=48, text_dim=384),
+    # Published Wan shapes (head dim 128, text_dim 4096 umT5, freq_dim 256 are the defaults).
+    "wan2.1-t2v-1.3b": dict(num_attention_heads=12, ffn_dim=8960, num_layers=30, in_channels=16),
+    "wan2.2-ti2v-5b": dict(num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48),
+    "wan2.1-t2v-14b": dict(num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=16),
+}
+# The latent codec each preset is meant for (see unityvideo.models.codec.CODEC_GEOMETRY).
+PRESET_CODECS = {"tiny": "pixel4", "small": "pixel4", "wan2.1-t2v-1.3b": "wan2.1",
+                 "wan2.2-ti2v-5b": "wan2.2", "wan2.1-t2v-14b": "wan2.1"}
+
+
+@dataclass
+class Stream:
+    """One stream of a UnityVideo forward.
+
+    modality: "rgb" or one of the model's modalities.
+    latent: (B, C, F, H, W); all streams of a call share B, F, H, W.
+    timestep: (B,) or a float, in [0, 1]; 1 = pure noise, 0 = clean (a condition).
+    context: (B, L, text_dim) text-encoder features: the caption for rgb, the modality prompt otherwise.
+    context_mask: (B, L) bool, True = a real token; None attends to all L tokens (Wan's convention:
+        umT5 features zero-padded to 512 and no mask).
+    """
+
+    modality: str
+    latent: torch.Tensor
+    timestep: torch.Tensor | float
+    context: torch.Tensor
+    context_mask: torch.Tensor | None = None
+
+
+class OutputHead(nn.Module):
+    """Wan's output layer (norm_out, (shift, scale) table, proj_out): one copy per modality expert."""
+
+    def __init__(self, dim: int, out_features: int, eps: float):
+        super().__init__()
+        self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.proj_out = nn.Linear(dim, out_features)
+
+
+def apply_head(head: nn.Module, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    """Wan's final layer on tokens x (B, N, D) with timestep embedding temb (B, D)."""
+    shift, scale = (head.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+    x = (head.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+    return head.proj_out(x)
+
+
+def stream_block(
+    block: WanTransformerBlock,
+    x: torch.Tensor,
+    context: torch.Tensor,
+    context_mask: torch.Tensor | None,
+    modulation: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """One Wan block over S streams of N tokens each, x: (B, S * N, D).
+
+    Self-attention is joint over all tokens; each stream is modulated by its own (shift, scale, gate)
+    (modulation: (B, S, 6, D)) and cross-attends to its own context (context: (B * S, L, D)) with the
+    block's shared weights. Same arithmetic as `WanTransformerBlock.forward`, so S = 1 is exact.
+    """
+    batch, num_streams = modulation.shape[:2]
+
+    def per_stream(h):  # (B, S * N, D) -> (B, S, N, D)
+        return h.unflatten(1, (num_streams, -1))
+
+    params = (block.scale_shift_table.unsqueeze(0) + modulation.float()).unsqueeze(3)
+    shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = params.unbind(2)  # (B, S, 1, D)
+
+    h = (per_stream(block.norm1(x.float())) * (1 + scale_msa) + shift_msa).flatten(1, 2).type_as(x)
+    attn = block.attn1(h, None, None, rope)
+    x = (per_stream(x.float()) + per_stream(attn) * gate_msa).flatten(1, 2).type_as(x)
+
+    # Streams folded into the batch: one cross-attention call, each stream with its own context.
+    h = block.norm2(x.float()).type_as(x).reshape(batch * num_streams, -1, x.shape[-1])
+    x = x + block.attn2(h, context, context_mask, None).reshape(x.shape)
+
+    h = (per_stream(block.norm3(x.float())) * (1 + c_scale_msa) + c_shift_msa).flatten(1, 2).type_as(x)
+    ff = block.ffn(h)
+    return (per_stream(x.float()) + per_stream(ff.float()) * c_gate_msa).flatten(1, 2).type_as(x)
+
+
+class UnityVideoTransformer(ModelMixin, ConfigMixin):
+    """N-stream UnityVideo DiT on a Wan backbone (`self.backbone`, a `WanTransformer3DModel`).
+
+    Config (beyond Wan's): `modalities` (RGB is always present), and the ablation switches
+    `adaln_table` (modality-aware AdaLN table), `in_context` (False: every stream sees the RGB
+    stream's caption), `experts` ("per_modality", "shared": one expert for all modalities as in the
+    authors' code, "none": the RGB patch embedding and head for all), `shared_timestep` (every stream
+    gets the largest timestep of its sample, i.e. the noisy stream's, as in the authors' code).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["WanTransformerBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        modalities: Sequence[str] = DEFAULT_MODALITIES,
+        adaln_table: bool = True,
+        in_context: bool = True,
+        experts: str = "per_modality",
+        shared_timestep: bool = False,
+        patch_size: Sequence[int] = (1, 2, 2),
+        num_attention_heads: int = 40,
+        attention_head_dim: int = 128,
+        in_channels: int = 16,
+        out_channels: int | None = None,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 13824,
+        num_layers: int = 40,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        rope_max_seq_len: int = 1024,
+    ):
+        super().__init__()
+        modalities = tuple(modalities)
+        _check_modalities(modalities, experts)
+        self.backbone = WanTransformer3DModel(
+            patch_size=tuple(patch_size), num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim, in_channels=in_channels,
+            out_channels=out_channels or in_channels, text_dim=text_dim, freq_dim=freq_dim, ffn_dim=ffn_dim,
+            num_layers=num_layers, cross_attn_norm=cross_attn_norm, qk_norm=qk_norm, eps=eps,
+            rope_max_seq_len=rope_max_seq_len,
+        )
+        dim = num_attention_heads * attention_head_dim
+        self.stream_names = (RGB,) + modalities
+        self.modality_table = nn.Parameter(torch.zeros(len(self.stream_names), dim)) if adaln_table else None
+        keys = _expert_keys(modalities, experts)
+        self.patch_embedders = nn.ModuleDict({k: copy.deepcopy(self.backbone.patch_embedding) for k in keys})
+        out_features = self.backbone.proj_out.out_features
+        self.heads = nn.ModuleDict({k: OutputHead(dim, out_features, eps) for k in keys})
+        self.init_unity_parameters()
+        self.gradient_checkpointing = False
+
+    # ----- construction -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_unity_parameters(self) -> None:
+        """Zero the AdaLN table and copy the RGB patch embedding / head into every modality expert."""
+        if self.modality_table is not None:
+            self.modality_table.zero_()
+        for embedder in self.patch_embedders.values():
+            embedder.load_state_dict(self.backbone.patch_embedding.state_dict())
+        for head in self.heads.values():
+            head.scale_shift_table.copy_(self.backbone.scale_shift_table)
+            head.proj_out.load_state_dict(self.backbone.proj_out.state_dict())
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "UnityVideoTransformer":
+        """A model with a named size (see PRESETS), e.g. `from_preset("tiny", num_layers=2)`."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_backbone(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
+                      **unity_config) -> "UnityVideoTransformer":
+        """Load a local diffusers-format Wan transformer (config.json + safetensors, sharded or not;
+        a pipeline folder with a `transformer/` subfolder also works) and add the UnityVideo parts."""
+        folder = _model_folder(folder, subfolder="transformer")
+        wan_config = _read_config(folder)
+        if wan_config.get("_class_name") not in (None, "WanTransformer3DModel"):
+            raise ValueError(f"{folder / 'config.json'}: _class_name is {wan_config['_class_name']!r}, expected "
+                             "'WanTransformer3DModel' (for a saved UnityVideo model use from_pretrained)")
+        for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
+            if wan_config.get(key) is not None:
+                raise ValueError(f"{folder / 'config.json'}: {key}={wan_config[key]} is an image-to-video Wan "
+                                 "backbone; UnityVideo builds on the text-to-video transformers (T2V, TI2V)")
+        config = {k: wan_config[k] for k in BACKBONE_KEYS if k in wan_config}
+        model = _empty_model(cls, {**config, **unity_config}, torch_dtype)
+        _load_weights(model.backbone, folder)
+        model.init_unity_parameters()
+        return model
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
+                        subfolder: str | None = None, **kwargs) -> "UnityVideoTransformer":
+        """Load a model written by `save_pretrained` (config.json + safetensors)."""
+        if kwargs:
+            raise TypeError(f"from_pretrained got unsupported arguments {sorted(kwargs)}; "
+                            "it takes a local folder, torch_dtype and subfolder")
+        folder = _model_folder(Path(folder) / subfolder if subfolder else folder)
+        config = _read_config(folder)
+        if config.get("_class_name") != cls.__name__:
+            is_wan = config.get("_class_name") == "WanTransformer3DModel"
+            hint = " (a Wan backbone: use from_backbone)" if is_wan else ""
+            raise ValueError(f"{folder / 'config.json'}: _class_name is {config.get('_class_name')!r}, "
+                             f"expected {cls.__name__!r}{hint}")
+        model = _empty_model(cls, {k: v for k, v in config.items() if not k.startswith("_")}, torch_dtype)
+        _load_weights(model, folder)
+        return model
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the Wan backbone and of the UnityVideo additions."""
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        return {"backbone": backbone, "added": sum(p.numel() for p in self.parameters()) - backbone}
+
+    # ----- forward ------------------------------------------------------------------------------
+
+    def forward(self, streams: Sequence[Stream]) -> list[torch.Tensor]:
+        """Velocity for each stream, same shape as its latent (out_channels channels)."""
+        self._check_streams(streams)
+        batch, _, frames, height, width = streams[0].latent.shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
+
+        x = torch.cat([self._embed(s) for s in streams], dim=1)  # (B, S * N, D)
+        rope = self._side_by_side_rope(len(streams), grid)
+        context, context_mask = self._contexts(streams)
+        temb = self._timestep_embeddings(streams, dtype=context.dtype)  # (B, S, D)
+        embedder = self.backbone.condition_embedder
+        modulation = embedder.time_proj(embedder.act_fn(temb)).unflatten(2, (6, -1))  # (B, S, 6, D)
+
+        for block in self.backbone.blocks:
+            args = (block, x, context, context_mask, modulation, rope)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(stream_block, *args)
+            else:
+                x = stream_block(*args)
+
+        tokens = x.unflatten(1, (len(streams), -1))
+        return [self._unpatchify(apply_head(self._head(s.modality), tokens[:, i], temb[:, i]), grid)
+                for i, s in enumerate(streams)]
+
+    def _expert_key(self, modality: str) -> str | None:
+        """Which expert a stream uses: None = the backbone's (RGB) patch embedding and head."""
+        if modality == RGB or self.config.experts == "none":
+            return None
+        return "shared" if self.config.experts == "shared" else modality
+
+    def _embed(self, stream: Stream) -> torch.Tensor:
+        """Patchify a stream's latent with its expert: (B, C, F, H, W) -> (B, N, D)."""
+        key = self._expert_key(stream.modality)
+        conv = self.backbone.patch_embedding if key is None else self.patch_embedders[key]
+        return conv(stream.latent).flatten(2).transpose(1, 2)
+
+    def _head(self, modality: str) -> nn.Module:
+        key = self._expert_key(modality)
+        return self.backbone if key is None else self.heads[key]
+
+    def _side_by_side_rope(self, num_streams: int, grid: tuple[int, int, int]):
+        """Wan's 3D RoPE for streams placed side by side in width, reordered stream-major."""
+        pf, ph, pw = grid
+        if num_streams * pw > self.config.rope_max_seq_len:
+            raise ValueError(f"{num_streams} streams x {pw} latent patches wide exceed rope_max_seq_len="
+                             f"{self.config.rope_max_seq_len}; use fewer streams or a larger rope_max_seq_len")
+        p_t, p_h, p_w = self.config.patch_size
+        canvas = torch.empty(1, 1, pf * p_t, ph * p_h, num_streams * pw * p_w, device="meta")  # shape only
+        cos, sin = self.backbone.rope(canvas)  # (1, F * H * S * W, 1, d), width-major within a row
+
+        def stream_major(freqs):
+            return freqs.view(pf, ph, num_streams, pw, -1).permute(2, 0, 1, 3, 4).reshape(1, -1, 1, freqs.shape[-1])
+
+        return stream_major(cos), stream_major(sin)
+
+    def _timestep_embeddings(self, streams: Sequence[Stream], dtype: torch.dtype) -> torch.Tensor:
+        """t_emb + L_m per stream, (B, S, D). The model sees 1000 * t (Wan's convention)."""
+        batch = streams[0].latent.shape[0]
+        device = streams[0].latent.device
+        t = torch.stack([torch.as_tensor(s.timestep, device=device, dtype=torch.float32).reshape(-1).expand(batch)
+                         for s in streams], dim=1)  # (B, S)
+        if self.config.shared_timestep:
+            t = t.amax(dim=1, keepdim=True).expand_as(t)
+        embedder = self.backbone.condition_embedder
+        sinusoid = embedder.timesteps_proj(TIMESTEP_SCALE * t.flatten())
+        time_dtype = next(embedder.time_embedder.parameters()).dtype
+        temb = embedder.time_embedder(sinusoid.to(time_dtype)).to(dtype)
+        temb = temb.unflatten(0, t.shape)
+        if self.modality_table is not None:
+            rows = [self.stream_names.index(s.modality) for s in streams]
+            temb = temb + self.modality_table[rows].to(temb.dtype)
+        return temb
+
+    def _contexts(self, streams: Sequence[Stream]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each stream's projected context, padded to a common length and folded into the batch:
+        (B * S, L, D), and a key mask (B * S, 1, 1, L) or None when every token is attended."""
+        if self.config.in_context:
+            pairs = [(s.context, s.context_mask) for s in streams]
+        else:  # ablation: every stream sees the caption
+            caption = next((s for s in streams if s.modality == RGB), streams[0])
+            pairs = [(caption.context, caption.context_mask)] * len(streams)
+        length = max(c.shape[1] for c, _ in pairs)
+        needs_mask = any(m is not None or c.shape[1] < length for c, m in pairs)
+        context = torch.stack([nn.functional.pad(c, (0, 0, 0, length - c.shape[1])) for c, _ in pairs], dim=1)
+        context = self.backbone.condition_embedder.text_embedder(context.flatten(0, 1))
+        if not needs_mask:
+            return context, None
+        mask = torch.stack([_padded_mask(c, m, length) for c, m in pairs], dim=1).flatten(0, 1)
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("a context_mask row has no True entry (no token to attend to); an empty caption "
+                             "still has special tokens, so keep them in the mask")
+        return context, mask[:, None, None, :]
+
+    def _unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(B, N, p_t * p_h * p_w * C) -> (B, C, F, H, W), Wan's token order."""
+        pf, ph, pw = grid
+        x = tokens.reshape(tokens.shape[0], pf, ph, pw, *self.config.patch_size, -1)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _check_streams(self, streams: Sequence[Stream]) -> None:
+        if len(streams) == 0:
+            raise ValueError("forward needs at least one stream (rgb alone is text-to-video)")
+        shape = streams[0].latent.shape
+        for i, s in enumerate(streams):
+            where = f"stream {i} ({s.modality!r})"
+            if s.modality not in self.stream_names:
+                raise ValueError(f"{where}: unknown modality; this model has {list(self.stream_names)} "
+                                 "(set `modalities` in the config)")
+            if s.latent.ndim != 5 or s.latent.shape[1] != self.config.in_channels:
+                raise ValueError(f"{where}: latent must be (B, {self.config.in_channels}, F, H, W), "
+                                 f"got {tuple(s.latent.shape)}")
+            if s.latent.shape[0] != shape[0] or s.latent.shape[2:] != shape[2:]:
+                raise ValueError(f"{where}: latent {tuple(s.latent.shape)} differs from stream 0 "
+                                 f"{tuple(shape)} in batch or (F, H, W); streams share one grid")
+            if any(n % p for n, p in zip(shape[2:], self.config.patch_size)):
+                raise ValueError(f"{where}: latent (F, H, W) = {tuple(shape[2:])} is not divisible by "
+                                 f"patch_size {tuple(self.config.patch_size)}")
+            if s.context.ndim != 3 or s.context.shape[0] != shape[0] or s.context.shape[2] != self.config.text_dim:
+                raise ValueError(f"{where}: context must be (B={shape[0]}, L, text_dim={self.config.text_dim}), "
+                                 f"got {tuple(s.context.shape)}; text_dim must equal the text encoder's dim")
+            t = torch.as_tensor(s.timestep)
+            if t.numel() != 1 and tuple(t.shape) != (shape[0],):
+                raise ValueError(f"{where}: timestep must be a float or shape (B,) = ({shape[0]},), "
+                                 f"got {tuple(t.shape)}")
+            if s.context_mask is not None and s.context_mask.shape != s.context.shape[:2]:
+                raise ValueError(f"{where}: context_mask {tuple(s.context_mask.shape)} must be (B, L) = "
+                                 f"{tuple(s.context.shape[:2])}")
+
+
+def _padded_mask(context: torch.Tensor, mask: torch.Tensor | None, length: int) -> torch.Tensor:
+    """(B, length) bool: the stream's mask (all True if None), False on the padding."""
+    if mask is None:
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+    return nn.functional.pad(mask.bool(), (0, length - mask.shape[1]), value=False)
+
+
+def _check_modalities(modalities: tuple[str, ...], experts: str) -> None:
+    if experts not in EXPERT_MODES:
+        raise ValueError(f"experts={experts!r}; choose one of {EXPERT_MODES}")
+    if RGB in modalities:
+        raise ValueError(f"modalities={modalities}: 'rgb' is always present, list only the others")
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"modalities={modalities} has duplicates")
+
+
+def _expert_keys(modalities: tuple[str, ...], experts: str) -> tuple[str, ...]:
+    return {"per_modality": modalities, "shared": ("shared",) if modalities else (), "none": ()}[experts]
+
+
+# ----- loading ------------------------------------------------------------------------------------
+# Our own small loader rather than diffusers' `from_pretrained`: the error messages name the file,
+# what was expected and the fix, and big models are built on the meta device (no random init).
+
+
+def _model_folder(folder: str | Path, subfolder: str | None = None) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; pass a local folder with config.json and "
+                                "*.safetensors (nothing is downloaded)")
+    if subfolder and not (folder / "config.json").exists() and (folder / subfolder / "config.json").exists():
+        return folder / subfolder
+    return folder
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; a model folder needs config.json next to its safetensors")
+    return json.loads(path.read_text())
+
+
+def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTransformer:
+    """Build on the meta device, then allocate uninitialised storage (the weights come from files)."""
+    unknown = set(config) - set(BACKBONE_KEYS) - {"modalities", "adaln_table", "in_context", "experts",
+                                                  "shared_timestep"}
+    if unknown:
+        raise ValueError(f"config has unknown fields {sorted(unknown)}")
+    with torch.device("meta"):
+        model = cls(**config)
+    if dtype is not None:
+        model = model.to(dtype)
+        _keep_fp32(model)
+    model = model.to_empty(device="cpu")
+    cfg = model.config  # RoPE tables are non-persistent buffers: recompute them
+    model.backbone.rope = WanRotaryPosEmbed(cfg.attention_head_dim, tuple(cfg.patch_size), cfg.rope_max_seq_len)
+    return model
+
+
+def _keep_fp32(model: nn.Module) -> None:
+    """Keep the small precision-sensitive parts in fp32 under a low-precision dtype, as diffusers does
+    for Wan (`_keep_in_fp32_modules`): timestep embedder, modulation tables, norms."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in ("time_embedder", "norm1", "norm2", "norm3"):
+            module.float()
+    for name, param in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in ("scale_shift_table", "modality_table"):
+            param.data = param.data.float()
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """Map tensor name -> safetensors file, from an index json or a single file."""
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        index = indexes[0]
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not weight_map:
+            raise ValueError(f"{index}: no 'weight_map'; re-export the folder with save_pretrained")
+        files = {name: folder / shard for name, shard in weight_map.items()}
+        for shard in sorted(set(files.values())):
+            if not shard.exists():
+                raise FileNotFoundError(f"{shard}: missing shard listed in {index.name}; copy the complete "
+                                        "folder (every shard named in the index)")
+        return files
+    singles = sorted(folder.glob("*.safetensors"))
+    if len(singles) != 1:
+        found = [p.name for p in singles] or "none"
+        raise FileNotFoundError(f"{folder}: expected one *.safetensors file or a *.safetensors.index.json, "
+                                f"found {found}")
+    with safe_open(singles[0], framework="pt") as f:
+        return {name: singles[0] for name in f.keys()}
+
+
+@torch.no_grad()
+def _load_weights(module: nn.Module, folder: Path) -> None:
+    """Copy every tensor of a folder into `module`, strictly, with shape checks."""
+    files = _weight_files(folder)
+    expected = module.state_dict()
+    files = {k: v for k, v in files.items() if "norm_added_q" not in k}  # dropped by diffusers too
+    missing = sorted(set(expected) - set(files))
+    unexpected = sorted(set(files) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not match config.json: missing {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
+                         f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)}); is this the right "
+                         "kind of folder (from_backbone: a Wan T2V transformer, from_pretrained: a UnityVideo save)?")
+    for path in sorted(set(files.values())):
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                if name not in expected:
+                    continue
+                tensor = f.get_tensor(name)
+                if tensor.shape != expected[name].shape:
+                    raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} but config.json "
+                                     f"implies {tuple(expected[name].shape)}; the config and weights disagree "
+                                     "(fix config.json or re-export the folder)")
+                expected[name].copy_(tensor)
+
+
+# ----- compute ------------------------------------------------------------------------------------
+
+
+def forward_flops(config: dict, latent_shape: Sequence[int], num_streams: int, context_len: int,
+                  batch: int = 1) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one forward, counted from the config.
+
+    latent_shape: (C, F, H, W) of each stream. Counts every Linear / Conv3d / attention product; the
+    elementwise work (norms, modulation, RoPE) is left out, as torch's FlopCounterMode does.
+    """
+    cfg = {**_init_defaults(), **config}
+    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    channels, frames, height, width = latent_shape
+    patch = math.prod(cfg["patch_size"])
+    out = (cfg["out_channels"] or cfg["in_channels"]) * patch
+    tokens = num_streams * frames * height * width // patch  # all streams
+    contexts = num_streams * context_len  # context tokens, one context per stream
+    t_rows = num_streams  # timestep embeddings (one per stream)
+
+    macs = tokens * channels * patch * dim  # patch embedding
+    macs += contexts * (cfg["text_dim"] * dim + dim * dim)  # text_embedder (2 layers)
+    macs += t_rows * (cfg["freq_dim"] * dim + dim * dim + dim * 6 * dim)  # time_embedder + time_proj
+    per_block = 4 * tokens * dim * dim  # self-attention q, k, v, o
+    per_block += 2 * tokens * tokens * dim  # QK^T and AV over the joint sequence
+    per_block += 2 * tokens * dim * dim + 2 * contexts * dim * dim  # cross-attention q, o and k, v
+    per_block += 2 * tokens * context_len * dim  # cross-attention QK^T and AV, per stream
+    per_block += 2 * tokens * dim * cfg["ffn_dim"]  # FFN
+    macs += cfg["num_layers"] * per_block
+    macs += tokens * dim * out  # proj_out
+    return 2 * batch * macs
+
+
+def _init_defaults() -> dict:
+    import inspect
+
+    params = inspect.signature(UnityVideoTransformer.__init__).parameters
+    return {k: p.default for k, p in params.items() if k != "self"}

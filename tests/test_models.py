@@ -1,0 +1,339 @@
+"""UnityVideoTransformer: exactness against Wan, per-stream parts, presets, loading and saving."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file, save_file
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from unityvideo.models import PRESETS, Stream, UnityVideoTransformer, forward_flops
+
+B, C, F, H, W = 2, 48, 3, 4, 6  # latent grid 3 x 2 x 3 tokens per stream with patch (1, 2, 2)
+TEXT = 384
+
+
+def tiny(**overrides) -> UnityVideoTransformer:
+    torch.manual_seed(0)
+    return UnityVideoTransformer.from_preset("tiny", num_layers=2, **overrides).eval()
+
+
+def stream(modality, t=None, context_len=5, mask=None, seed=0) -> Stream:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(B, generator=g) if t is None else t
+    return Stream(modality, torch.randn(B, C, F, H, W, generator=g), t,
+                  torch.randn(B, context_len, TEXT, generator=g), mask)
+
+
+def randomize_unity_parts(model):
+    """Make the added parameters non-trivial so tests can tell them apart."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("backbone."):
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+# ----- exactness ----------------------------------------------------------------------------------
+
+
+def test_single_rgb_stream_equals_wan_backbone():
+    model = tiny()
+    s = stream("rgb")
+    with torch.no_grad():
+        ours = model([s])[0]
+        wan = model.backbone(s.latent, 1000 * s.timestep, s.context).sample
+    assert ours.shape == s.latent.shape
+    assert (ours - wan).abs().max().item() <= 1e-5
+
+
+def test_streams_side_by_side_equal_wan_on_a_wide_canvas():
+    """With one shared caption and no experts, N streams = Wan on the streams concatenated in width,
+    with a per-token timestep map (Wan2.2's expanded timesteps): checks RoPE offsets, per-stream
+    modulation and the heads."""
+    model = tiny(in_context=False, experts="none")
+    streams = [stream("rgb", seed=1), stream("depth", seed=2), stream("flow", torch.zeros(B), seed=3)]
+    canvas = torch.cat([s.latent for s in streams], dim=-1)
+    ph, pw = H // 2, W // 2
+    t = torch.stack([s.timestep for s in streams], 1)[:, None, None, :, None].expand(B, F, ph, 3, pw)
+    with torch.no_grad():
+        ours = torch.cat(model(streams), dim=-1)
+        wan = model.backbone(canvas, 1000 * t.reshape(B, -1), streams[0].context).sample
+    assert (ours - wan).abs().max().item() <= 1e-5
+
+
+def reference_block(block, x, contexts, modulation, rope):
+    """Slow, obvious per-stream Wan block: loops over streams for modulation and cross-attention."""
+    chunks = lambda h: h.chunk(len(contexts), dim=1)  # noqa: E731
+    mods = [(block.scale_shift_table + modulation[:, s]).chunk(6, dim=1) for s in range(len(contexts))]
+    h = torch.cat([block.norm1(c) * (1 + m[1]) + m[0] for c, m in zip(chunks(x), mods)], 1)
+    a = block.attn1(h, None, None, rope)
+    x = torch.cat([c + ac * m[2] for c, ac, m in zip(chunks(x), chunks(a), mods)], 1)
+    x = torch.cat([c + block.attn2(block.norm2(c), ctx) for c, ctx in zip(chunks(x), contexts)], 1)
+    h = torch.cat([block.norm3(c) * (1 + m[4]) + m[3] for c, m in zip(chunks(x), mods)], 1)
+    f = block.ffn(h)
+    return torch.cat([c + fc * m[5] for c, fc, m in zip(chunks(x), chunks(f), mods)], 1)
+
+
+def test_forward_equals_a_per_stream_reference():
+    """Per-stream cross-attention (contexts of different lengths, padded + masked inside) and
+    per-stream modulation equal a loop over streams."""
+    model = tiny()
+    randomize_unity_parts(model)
+    streams = [stream("rgb", context_len=7, seed=1), stream("depth", context_len=3, seed=2),
+               stream("skeleton", torch.zeros(B), context_len=5, seed=3)]
+    with torch.no_grad():
+        ours = model(streams)
+        x = torch.cat([model._embed(s) for s in streams], 1)
+        rope = model._side_by_side_rope(3, (F, H // 2, W // 2))
+        temb = model._timestep_embeddings(streams, torch.float32)
+        emb = model.backbone.condition_embedder
+        modulation = emb.time_proj(emb.act_fn(temb)).unflatten(2, (6, -1))
+        contexts = [emb.text_embedder(s.context) for s in streams]
+        for block in model.backbone.blocks:
+            x = reference_block(block, x, contexts, modulation, rope)
+        for i, (s, tokens) in enumerate(zip(streams, x.chunk(3, dim=1))):
+            head = model._head(s.modality)  # the backbone for rgb, the modality's expert otherwise
+            shift, scale = (head.scale_shift_table + temb[:, i, None]).chunk(2, dim=1)
+            ref = head.proj_out(model.backbone.norm_out(tokens) * (1 + scale) + shift)
+            assert (ours[i] - model._unpatchify(ref, (F, H // 2, W // 2))).abs().max().item() <= 1e-5
+
+
+# ----- the UnityVideo parts -----------------------------------------------------------------------
+
+
+def test_any_number_of_streams():
+    model = tiny()
+    names = ["rgb", "depth", "flow", "segmentation", "skeleton", "densepose"]
+    for n in (1, 2, 6):
+        outs = model([stream(m, seed=i) for i, m in enumerate(names[:n])])
+        assert [o.shape for o in outs] == [(B, C, F, H, W)] * n
+
+
+def test_clean_condition_is_modulated_as_clean_and_shared_timestep_option():
+    per_stream, shared = tiny(), tiny(shared_timestep=True)
+    shared.load_state_dict(per_stream.state_dict())
+    t = torch.full((B,), 0.7)
+    rgb = stream("rgb", t)
+    depth_clean, depth_noisy = stream("depth", torch.zeros(B), seed=1), stream("depth", t, seed=1)
+    with torch.no_grad():
+        temb = per_stream._timestep_embeddings([rgb, depth_clean], torch.float32)
+        emb = per_stream.backbone.condition_embedder
+        clean = emb.time_embedder(emb.timesteps_proj(torch.zeros(B)))
+        assert torch.allclose(temb[:, 1], clean, atol=1e-6)  # t = 0 -> the embedding of timestep 0
+        # Shared timestep (authors' code): the clean stream is told the noisy stream's timestep.
+        assert torch.equal(shared([rgb, depth_clean])[0], shared([rgb, depth_noisy])[0])
+        assert not torch.allclose(per_stream([rgb, depth_clean])[0], per_stream([rgb, depth_noisy])[0])
+
+
+def test_adaln_table_is_zero_initialised_and_per_modality():
+    model = tiny()
+    assert model.modality_table.shape == (6, 128) and not model.modality_table.any()
+    rgb, depth = stream("rgb"), stream("depth", seed=1)
+    with torch.no_grad():
+        before = model([rgb, depth])
+        model.modality_table[model.stream_names.index("depth")] = 1.0
+        after = model([rgb, depth])
+        assert torch.equal(model([rgb])[0], model.backbone(rgb.latent, 1000 * rgb.timestep, rgb.context).sample)
+    assert not torch.allclose(before[1], after[1])
+    assert tiny(adaln_table=False).modality_table is None
+
+
+def test_in_context_learner_and_its_ablation():
+    rgb, depth = stream("rgb"), stream("depth", seed=1, context_len=3)
+    other_prompt = Stream("depth", depth.latent, depth.timestep, torch.randn(B, 3, TEXT))
+    model, ablated = tiny(), tiny(in_context=False)
+    with torch.no_grad():
+        assert not torch.allclose(model([rgb, depth])[1], model([rgb, other_prompt])[1])
+        assert torch.equal(ablated([rgb, depth])[1], ablated([rgb, other_prompt])[1])
+        # A mask hides tokens exactly: masked tokens may hold anything.
+        mask = torch.tensor([[True, True, False]] * B)
+        garbage = depth.context.clone()
+        garbage[:, 2] = 1e3
+        a = model([rgb, Stream("depth", depth.latent, depth.timestep, depth.context, mask)])
+        b = model([rgb, Stream("depth", depth.latent, depth.timestep, garbage, mask)])
+        c = model([rgb, Stream("depth", depth.latent, depth.timestep, depth.context[:, :2])])
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all((x - y).abs().max() <= 1e-5 for x, y in zip(a, c))
+
+
+def test_modality_experts_start_as_rgb_copies():
+    model = tiny()
+    for name in model.config.modalities:
+        assert torch.equal(model.patch_embedders[name].weight, model.backbone.patch_embedding.weight)
+        assert torch.equal(model.heads[name].proj_out.weight, model.backbone.proj_out.weight)
+        assert torch.equal(model.heads[name].scale_shift_table, model.backbone.scale_shift_table)
+    with torch.no_grad():
+        model.patch_embedders["depth"].weight.add_(0.1)
+        rgb, depth = stream("rgb"), stream("depth", seed=1)
+        x = model([rgb, depth])
+        y = model([dataclasses.replace(rgb, modality="flow"), depth])  # rgb's latent through flow's expert
+    assert torch.allclose(x[0], y[0], atol=1e-6)  # flow's expert still equals rgb's
+    assert list(tiny(experts="shared").patch_embedders) == ["shared"]
+    assert len(tiny(experts="none").heads) == 0
+
+
+def test_every_new_parameter_gets_gradient_in_a_joint_step():
+    model = tiny().train()
+    names = ("rgb",) + tuple(model.config.modalities)
+    outs = model([stream(m, seed=i) for i, m in enumerate(names)])
+    sum(o.square().mean() for o in outs).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        if not name.startswith("backbone."):
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny().train()
+    streams = [stream("rgb"), stream("depth", seed=1)]
+    sum(o.sum() for o in model(streams)).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.enable_gradient_checkpointing()
+    assert model.gradient_checkpointing
+    sum(o.sum() for o in model(streams)).backward()
+    for n, g in grads.items():
+        assert torch.allclose(model.get_parameter(n).grad, g, atol=1e-5), n
+
+
+def test_bad_streams_get_clear_errors():
+    model = tiny(modalities=("depth",))
+    with pytest.raises(ValueError, match="unknown modality"):
+        model([stream("rgb"), stream("flow")])
+    bad = stream("depth")
+    bad.latent = bad.latent[..., :4]
+    with pytest.raises(ValueError, match="share one grid"):
+        model([stream("rgb"), bad])
+    with pytest.raises(ValueError, match="text_dim"):
+        model([Stream("rgb", bad.latent, 0.5, torch.randn(B, 3, 7))])
+    with pytest.raises(ValueError, match="timestep must be"):
+        model([stream("rgb", t=torch.rand(B, 1))])
+    with pytest.raises(ValueError, match="no True entry"):
+        model([stream("rgb", mask=torch.zeros(B, 5, dtype=torch.bool))])
+    with pytest.raises(ValueError, match="always present"):
+        UnityVideoTransformer.from_preset("tiny", modalities=("rgb", "depth"))
+
+
+# ----- presets and compute ------------------------------------------------------------------------
+
+PUBLISHED = {"wan2.1-t2v-1.3b": 1_418_996_800, "wan2.2-ti2v-5b": 4_999_787_712, "wan2.1-t2v-14b": 14_288_491_584}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts_on_meta(name):
+    with torch.device("meta"):
+        model = UnityVideoTransformer.from_preset(name)
+    counts = model.parameter_counts()
+    assert isinstance(model.backbone, WanTransformer3DModel)
+    total = counts["backbone"] + counts["added"]
+    if name in PUBLISHED:
+        assert counts["backbone"] == PUBLISHED[name]
+        cfg = model.backbone.config
+        assert (cfg.text_dim, cfg.freq_dim, tuple(cfg.patch_size), cfg.cross_attn_norm, cfg.qk_norm) == (
+            4096, 256, (1, 2, 2), True, "rms_norm_across_heads")
+    elif name == "tiny":
+        assert 1e6 <= total <= 5e6
+    elif name == "small":
+        assert 50e6 <= total <= 150e6
+
+
+def test_unknown_preset_lists_the_names():
+    with pytest.raises(KeyError, match="tiny"):
+        UnityVideoTransformer.from_preset("huge")
+
+
+def test_analytic_flops_match_torch_flop_counter():
+    model = tiny()
+    streams = [stream("rgb"), stream("depth", seed=1, mask=torch.tensor([[1, 1, 0, 1, 0]] * B).bool())]
+
+    def sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    aten = torch.ops.aten  # CPU attention kernels have no formula in torch: count them like CUDA's
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa, aten._scaled_dot_product_attention_math: sdpa}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
+        model(streams)
+    assert counter.get_total_flops() == forward_flops(dict(model.config), (C, F, H, W), 2, 5, batch=B)
+
+
+# ----- loading and saving -------------------------------------------------------------------------
+
+
+def wan_folder(tmp_path, shard="60KB"):
+    torch.manual_seed(1)
+    wan = WanTransformer3DModel(**{**PRESETS["tiny"], "num_layers": 2})
+    folder = tmp_path / "wan"
+    wan.save_pretrained(folder, max_shard_size=shard)
+    return wan, folder
+
+
+def test_from_backbone_loads_sharded_wan_and_adds_parts(tmp_path):
+    wan, folder = wan_folder(tmp_path)
+    assert (folder / "diffusion_pytorch_model.safetensors.index.json").exists()
+    model = UnityVideoTransformer.from_backbone(folder, modalities=("depth", "flow"))
+    for k, v in wan.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v), k
+    assert torch.equal(model.heads["flow"].proj_out.weight, wan.proj_out.weight)
+    assert not model.modality_table.any()
+    s = stream("rgb")
+    with torch.no_grad():
+        assert (model([s])[0] - wan(s.latent, 1000 * s.timestep, s.context).sample).abs().max() <= 1e-5
+
+
+def test_from_backbone_errors_name_the_file_and_the_fix(tmp_path):
+    _, folder = wan_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        UnityVideoTransformer.from_backbone(tmp_path / "nope")
+    index = json.loads((folder / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (folder / shard).rename(folder / (shard + ".bak"))
+    with pytest.raises(FileNotFoundError, match=f"{shard}: missing shard"):
+        UnityVideoTransformer.from_backbone(folder)
+    (folder / (shard + ".bak")).rename(folder / shard)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "ffn_dim": 256}))
+    with pytest.raises(ValueError, match=r"has shape \(512, 128\) but config.json implies \(256, 128\)"):
+        UnityVideoTransformer.from_backbone(folder)
+
+
+def test_save_and_load_round_trip_exactly(tmp_path):
+    model = tiny(experts="shared", shared_timestep=True, modalities=("depth", "skeleton"))
+    randomize_unity_parts(model)
+    model.save_pretrained(tmp_path / "uv")
+    loaded = UnityVideoTransformer.from_pretrained(tmp_path / "uv")
+    assert json.loads(loaded.to_json_string()) == json.loads(model.to_json_string())
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    streams = [stream("rgb"), stream("skeleton", seed=1)]
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(streams), loaded(streams)))
+    with pytest.raises(ValueError, match="use from_backbone"):
+        UnityVideoTransformer.from_pretrained(wan_folder(tmp_path)[1])
+
+
+def test_from_pretrained_bf16_keeps_sensitive_parts_fp32(tmp_path):
+    tiny().save_pretrained(tmp_path / "uv")
+    model = UnityVideoTransformer.from_pretrained(tmp_path / "uv", torch_dtype=torch.bfloat16)
+    assert model.backbone.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert model.modality_table.dtype == torch.float32
+    assert model.backbone.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    s = stream("rgb")
+    out = model([Stream("rgb", s.latent.bfloat16(), s.timestep, s.context.bfloat16())])[0]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_single_file_weights_with_a_wrong_tensor_shape(tmp_path):
+    tiny().save_pretrained(tmp_path / "uv")
+    path = tmp_path / "uv" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    weights["modality_table"] = torch.zeros(3, 128)
+    save_file(weights, path)
+    with pytest.raises(ValueError, match="modality_table"):
+        UnityVideoTransformer.from_pretrained(tmp_path / "uv")
+
+
+def test_default_modalities_match_the_registry():
+    modalities = pytest.importorskip("unityvideo.modalities")
+    assert UnityVideoTransformer.from_preset("tiny").config.modalities == tuple(modalities.MODALITY_NAMES)
