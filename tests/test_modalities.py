@@ -1,0 +1,261 @@
+"""Round trips of every modality encoding on synthetic raw ground truth, the registry, and
+decoding of imperfect (noisy / random) frames."""
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from unityvideo.modalities import (COCO_LIMBS, MODALITIES, MODALITY_NAMES, SEGMENTATION_PALETTE,
+                                   SKELETON_JOINT_COLOURS, SKELETON_LIMB_COLOURS, STAGE1_MODALITIES,
+                                   canonical_name, default_max_flow, depth_near, get_modality)
+
+F, H, W = 4, 64, 64
+
+
+def smooth_field(rng, shape, sigma=6.0):
+    """Random smooth values in [0, 1] per frame."""
+    field = gaussian_filter(rng.standard_normal(shape), sigma=(0, sigma, sigma))
+    return (field - field.min()) / (field.max() - field.min())
+
+
+def make_depth(rng):
+    depth = (2.0 + 8.0 * smooth_field(rng, (F, H, W))).astype(np.float32)
+    depth[:, :12] = np.inf  # sky
+    return depth
+
+
+def make_flow(rng, max_flow):
+    return np.stack([(smooth_field(rng, (F, H, W)) * 2 - 1) * max_flow for _ in range(2)], -1).astype(np.float32)
+
+
+def make_skeleton(rng, n_frames, persons, height, width, spacing):
+    """Persons in separate vertical bands; joints at least `spacing` px apart (discs never touch)."""
+    skeleton = np.zeros((n_frames, persons, 17, 3), np.float32)
+    band = width / persons
+    for f in range(n_frames):
+        for p in range(persons):
+            points = []
+            while len(points) < 17:
+                x = rng.uniform(p * band + spacing, (p + 1) * band - spacing)
+                y = rng.uniform(spacing, height - spacing)
+                if all(np.hypot(x - a, y - b) >= spacing for a, b in points):
+                    points.append((x, y))
+            skeleton[f, p, :, :2] = points
+            skeleton[f, p, :, 2] = 2
+    return skeleton
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_registry_names_prompts_and_flags():
+    assert MODALITY_NAMES == ("depth", "flow", "segmentation", "skeleton", "densepose")
+    assert set(MODALITIES) == {"rgb", *MODALITY_NAMES}
+    assert STAGE1_MODALITIES == ("depth", "flow", "densepose")
+    prompts = {name: m.prompt for name, m in MODALITIES.items()}
+    assert prompts["depth"] == "depth map" and prompts["flow"] == "optical flow"
+    assert prompts["segmentation"] == "instance segmentation mask"
+    assert prompts["skeleton"] == "human skeleton" and prompts["densepose"] == "densepose"
+    assert "rgb" in prompts["rgb"]
+    assert len(set(prompts.values())) == len(prompts)
+
+
+@pytest.mark.parametrize("alias,name", [("raft", "flow"), ("optical_flow", "flow"), ("disparity", "depth"),
+                                        ("seg", "segmentation"), ("mask", "segmentation"), ("pose", "skeleton"),
+                                        ("keypoints", "skeleton"), ("iuv", "densepose"), ("video", "rgb"),
+                                        (" RAFT ", "flow"), ("Depth", "depth")])
+def test_aliases_resolve(alias, name):
+    assert get_modality(alias).name == name
+    assert canonical_name(alias) == name
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        get_modality("normals")
+    message = str(info.value)
+    assert "normals" in message
+    for name in ("rgb", *MODALITY_NAMES, "raft", "iuv", "pose"):
+        assert name in message
+
+
+def test_palettes_are_distinct():
+    assert len({tuple(c) for c in SEGMENTATION_PALETTE}) == 64
+    assert tuple(SEGMENTATION_PALETTE[0]) == (0, 0, 0)
+    colours = np.concatenate([SKELETON_JOINT_COLOURS, SKELETON_LIMB_COLOURS, np.zeros((1, 3), np.uint8)])
+    assert len(SKELETON_JOINT_COLOURS) == 17 and len(SKELETON_LIMB_COLOURS) == len(COCO_LIMBS)
+    assert len({tuple(c) for c in colours}) == len(colours)
+    distances = np.linalg.norm(colours[:, None].astype(float) - colours[None].astype(float), axis=-1)
+    assert distances[~np.eye(len(colours), dtype=bool)].min() >= 85
+
+
+# ----------------------------------------------------------------------------- round trips
+
+def test_rgb_identity():
+    frames = np.random.default_rng(0).integers(0, 256, (F, H, W, 3), dtype=np.uint8)
+    m = get_modality("rgb")
+    assert np.array_equal(m.decode(m.encode(frames)), frames)
+
+
+def test_depth_round_trip():
+    rng = np.random.default_rng(1)
+    depth = make_depth(rng)
+    m = get_modality("depth")
+    near = depth_near(depth)
+    assert near == pytest.approx(float(depth[np.isfinite(depth)].min()))
+    assert m.default_hints(depth) == {"near": near}
+    frames = m.encode(depth, near=near)
+    assert frames.dtype == np.uint8 and frames.shape == (F, H, W, 3)
+    assert (frames[:, :12] == 0).all()
+    decoded = m.decode(frames, near=near)
+    finite = np.isfinite(depth)
+    assert np.isinf(decoded[~finite]).all() and np.isfinite(decoded[finite]).all()
+    abs_rel = np.mean(np.abs(decoded[finite] - depth[finite]) / depth[finite])
+    assert abs_rel < 0.01
+    assert np.max(np.abs(decoded[finite] - depth[finite]) / depth[finite]) < 0.01
+
+
+def test_depth_uses_three_times_one_byte():
+    # Channel offsets make the channel sum round(765 s): 765 distinct levels, not 256.
+    disparity = np.linspace(0.05, 1.0, 5000)
+    frames = get_modality("depth").encode((1.0 / disparity).reshape(1, 50, 100), near=1.0)
+    assert len(np.unique(frames.astype(int).sum(-1))) > 700
+
+
+def test_flow_round_trip():
+    rng = np.random.default_rng(2)
+    max_flow = default_max_flow(H, W)
+    assert max_flow == 8.0
+    flow = make_flow(rng, max_flow)
+    m = get_modality("raft")
+    frames = m.encode(flow)
+    assert (frames[..., 2] == 128).all()
+    decoded = m.decode(frames)
+    epe = np.linalg.norm(decoded - flow, axis=-1)
+    assert epe.mean() < 0.1 and epe.max() < 0.1
+    # An explicit max_flow hint is honoured; larger flows saturate.
+    decoded = m.decode(m.encode(flow * 3, max_flow=2.0), max_flow=2.0)
+    assert np.abs(decoded).max() <= 2.0 + 1e-6
+
+
+def test_segmentation_round_trip():
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 64, (F, H, W)).astype(np.uint8)
+    m = get_modality("seg")
+    assert np.array_equal(m.decode(m.encode(ids)), ids)
+    with pytest.raises(ValueError, match="0..63"):
+        m.encode(np.full((1, 2, 2), 64))
+
+
+@pytest.mark.parametrize("size,spacing", [((64, 64), 4.0), ((256, 192), 12.0), ((33, 47), 3.5)])
+def test_skeleton_round_trip(size, spacing):
+    rng = np.random.default_rng(4)
+    height, width = size
+    skeleton = make_skeleton(rng, 3, 2, height, width, spacing)
+    m = get_modality("skeleton")
+    frames = m.encode(skeleton, size=size)
+    assert frames.shape == (3, height, width, 3)
+    decoded = m.decode(frames)
+    assert decoded.shape == skeleton.shape
+    assert (decoded[..., 2] == 2).all()
+    error = np.abs(decoded[..., :2] - skeleton[..., :2])
+    assert error.max() <= 1.0
+
+
+def test_skeleton_visibility_and_person_order():
+    rng = np.random.default_rng(5)
+    skeleton = make_skeleton(rng, 2, 2, 64, 64, 4.0)[:, ::-1].copy()  # right-hand person first
+    skeleton[0, 0, 3, 2] = 0  # outside the frame: not drawn, decoded as missing
+    skeleton[0, 1, 5, 2] = 1  # occluded: drawn, decoded as visible
+    decoded = get_modality("skeleton").decode(get_modality("skeleton").encode(skeleton, size=(64, 64)))
+    expected = skeleton[:, ::-1]  # persons come back sorted by x
+    assert decoded[0, 1, 3].tolist() == [0.0, 0.0, 0.0]
+    assert decoded[0, 0, 5, 2] == 2
+    visible = expected[..., 2] > 0
+    assert np.abs(decoded[..., :2] - expected[..., :2])[visible].max() <= 1.0
+    # The persons hint pads or truncates.
+    assert get_modality("pose").decode(np.zeros((2, 64, 64, 3), np.uint8), persons=3).shape == (2, 3, 17, 3)
+
+
+def test_touching_skeletons_stay_apart():
+    standing = np.array([[20, 10], [17, 7], [23, 7], [13, 9], [27, 9], [10, 25], [30, 25], [6, 42], [34, 42],
+                         [4, 58], [36, 58], [13, 60], [27, 60], [12, 80], [28, 80], [11, 98], [29, 98]], float)
+    skeleton = np.zeros((1, 2, 17, 3), np.float32)
+    skeleton[0, 0, :, :2] = standing + [20, 10]
+    skeleton[0, 1, :, :2] = standing + [62, 12]
+    skeleton[0, 1, 9, :2] = [45, 50]  # the right person's wrist reaches into the left one's drawing
+    skeleton[..., 2] = 2
+    m = get_modality("skeleton")
+    frames = m.encode(skeleton, size=(128, 128))
+    from scipy import ndimage
+    assert ndimage.label(frames[0].max(-1) > 0, structure=np.ones((3, 3)))[1] == 1  # one blob of pixels
+    decoded = m.decode(frames)
+    assert decoded.shape == (1, 2, 17, 3)
+    assert np.abs(decoded[..., :2] - skeleton[..., :2]).max() <= 1.0
+
+
+def test_skeleton_needs_size():
+    with pytest.raises(ValueError, match="size"):
+        get_modality("skeleton").encode(np.zeros((1, 1, 17, 3)))
+
+
+def test_densepose_round_trip():
+    rng = np.random.default_rng(6)
+    part = rng.integers(0, 25, (F, H, W)).astype(np.float32)
+    uv = rng.uniform(0, 1, (F, H, W, 2)).astype(np.float32) * (part > 0)[..., None]
+    iuv = np.concatenate([part[..., None], uv], axis=-1)
+    m = get_modality("iuv")
+    decoded = m.decode(m.encode(iuv))
+    assert np.array_equal(decoded[..., 0], part)
+    assert np.abs(decoded[..., 1:] - uv).max() < 2 / 255
+
+
+# ----------------------------------------------------------------------------- imperfect frames
+
+def noisy(frames, rng, sigma=10.0):
+    return np.clip(frames + rng.normal(0, sigma, frames.shape), 0, 255).astype(np.uint8)
+
+
+def test_decoders_survive_random_frames():
+    rng = np.random.default_rng(7)
+    frames = rng.integers(0, 256, (2, 31, 45, 3), dtype=np.uint8)
+    for name, m in MODALITIES.items():
+        out = m.decode(frames)
+        assert out.shape[0] == 2, name
+        assert not np.isnan(out).any(), name
+    assert get_modality("segmentation").decode(frames).max() < 64
+    assert np.all((get_modality("densepose").decode(frames)[..., 0] >= 0))
+    with pytest.raises(TypeError, match="uint8"):
+        get_modality("depth").decode(frames.astype(np.float32))
+
+
+def test_decoders_tolerate_noise():
+    rng = np.random.default_rng(8)
+    ids = rng.integers(0, 64, (F, H, W)).astype(np.uint8)
+    seg = get_modality("segmentation")
+    assert np.mean(seg.decode(noisy(seg.encode(ids), rng)) == ids) > 0.99
+    skeleton = make_skeleton(rng, 2, 2, H, W, 4.0)
+    pose = get_modality("skeleton")
+    decoded = pose.decode(noisy(pose.encode(skeleton, size=(H, W)), rng), persons=2)
+    assert np.abs(decoded[..., :2] - skeleton[..., :2]).max() <= 1.0
+    depth = make_depth(rng)
+    dm = get_modality("depth")
+    near = depth_near(depth)
+    decoded = dm.decode(noisy(dm.encode(depth, near=near), rng, 2.0), near=near)
+    finite = np.isfinite(depth) & np.isfinite(decoded)
+    assert np.median(np.abs(decoded[finite] - depth[finite]) / depth[finite]) < 0.05
+
+
+def test_visualizations_are_pictures():
+    rng = np.random.default_rng(9)
+    raws = {"rgb": rng.integers(0, 256, (F, H, W, 3), dtype=np.uint8), "depth": make_depth(rng),
+            "flow": make_flow(rng, 8.0), "segmentation": rng.integers(0, 5, (F, H, W)),
+            "skeleton": make_skeleton(rng, F, 2, H, W, 4.0),
+            "densepose": np.concatenate([rng.integers(0, 25, (F, H, W, 1)), rng.uniform(0, 1, (F, H, W, 2))], -1)}
+    for name, raw in raws.items():
+        picture = get_modality(name).visualize(raw, size=(H, W))
+        assert picture.dtype == np.uint8 and picture.shape == (F, H, W, 3), name
+    # Flow wheel: zero flow is white, the four directions get four different hues.
+    wheel = get_modality("flow").visualize(np.array([[[[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]]]], np.float32))
+    assert wheel[0, 0, 0].tolist() == [255, 255, 255]
+    assert len({tuple(c) for c in wheel[0, 0, 1:]}) == 4
+    # Depth: sky black, near brighter than far.
+    depth_picture = get_modality("depth").visualize(raws["depth"])
+    assert (depth_picture[:, :12] == 0).all()
