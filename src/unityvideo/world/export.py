@@ -1,0 +1,169 @@
+"""Write procedural-world clips to disk as a UnityVideo dataset.
+
+Layout: DIR/clips/<clip_id>/{rgb video, one video per modality, raw.npz, row.json} and DIR/manifest.csv.
+A clip is written into a temporary folder and renamed into place once complete, so a crash never leaves
+a half-written clip behind and a rerun renders only what is missing. The manifest is rebuilt from every
+finished clip's row.json, so train and test splits can share one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from unityvideo.data.manifest import ClipRecord, write_manifest
+from unityvideo.data.raw import save_raw
+from unityvideo.data.video import write_video
+from unityvideo.modalities import MODALITY_NAMES, get_modality
+from unityvideo.world import WorldClip, WorldConfig, clip_seed, generate_clip
+
+MANIFEST_NAME = "manifest.csv"
+ROW_NAME = "row.json"
+
+
+@dataclass
+class ExportSpec:
+    out: Path
+    clips: int
+    frames: int = 16
+    size: tuple[int, int] = (64, 64)
+    seed: int = 0
+    split: str = "train"
+    fps: int = 8
+    workers: int | None = None
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+    def validate(self) -> None:
+        if self.clips < 1:
+            raise ValueError(f"--clips must be at least 1, got {self.clips}")
+        if self.frames < 2:
+            raise ValueError(f"--frames must be at least 2 (flow needs a next frame), got {self.frames}")
+        if min(self.size) < 16:
+            raise ValueError(f"--size must be at least 16 16 pixels, got {self.size[0]} {self.size[1]}")
+        if self.split not in ("train", "test"):
+            raise ValueError(f"--split must be 'train' or 'test', got {self.split!r}")
+
+
+@dataclass
+class ExportResult:
+    manifest: Path
+    rendered: int
+    skipped: int
+    seconds: float
+
+
+def clip_id(split: str, index: int) -> str:
+    return f"{split}-{index:05d}"
+
+
+def encode_streams(clip: WorldClip) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Encode every modality of a clip as RGB frames; returns the frames and the decoding hints."""
+    finite = clip.depth[np.isfinite(clip.depth)]
+    hints = {
+        "depth_near": float(finite.min()) if finite.size else 1.0,
+        "flow_max": float(max(clip.rgb.shape[1:3]) / 8),
+    }
+    streams = {"rgb": clip.rgb}
+    streams["depth"] = get_modality("depth").encode(clip.depth, near=hints["depth_near"])
+    streams["flow"] = get_modality("flow").encode(clip.flow, max_flow=hints["flow_max"])
+    for name in ("segmentation", "skeleton", "densepose"):
+        streams[name] = get_modality(name).encode(getattr(clip, name), size=clip.rgb.shape[1:3]) \
+            if name == "skeleton" else get_modality(name).encode(getattr(clip, name))
+    return streams, hints
+
+
+def raw_arrays(clip: WorldClip) -> dict:
+    """The raw ground truth stored next to the videos (everything needed to score estimation)."""
+    return {
+        "rgb": clip.rgb, "depth": clip.depth, "flow": clip.flow, "flow_valid": clip.flow_valid,
+        "segmentation": clip.segmentation, "skeleton": clip.skeleton, "densepose": clip.densepose,
+        "intrinsics": clip.intrinsics, "world_to_camera": clip.world_to_camera,
+    }
+
+
+def _export_one(job: tuple[ExportSpec, int]) -> dict:
+    spec, index = job
+    cid = clip_id(spec.split, index)
+    final = spec.out / "clips" / cid
+    tmp = spec.out / "clips" / f".{cid}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    clip = generate_clip(spec.seed, spec.split, index, frames=spec.frames, size=spec.size,
+                         fps=spec.fps, config=spec.world)
+    streams, hints = encode_streams(clip)
+    paths = {}
+    for name, frames in streams.items():
+        filename = f"{name}.mp4" if name == "rgb" else f"{name}.mkv"
+        write_video(tmp / filename, frames, fps=spec.fps, lossless=name != "rgb")
+        paths[name] = f"clips/{cid}/{filename}"
+    meta = {"caption": clip.caption, "instances": clip.instances, "person_ids": clip.person_ids,
+            "clip_id": cid, **hints, **clip.meta}
+    save_raw(tmp / "raw.npz", raw_arrays(clip), meta=meta)
+    row = {"clip_id": cid, "split": spec.split, "index": index, "seed": clip_seed(spec.seed, spec.split, index),
+           "caption": clip.caption, "paths": paths, "raw": f"clips/{cid}/raw.npz",
+           "frames": spec.frames, "height": spec.size[0], "width": spec.size[1], "fps": spec.fps, **hints}
+    (tmp / ROW_NAME).write_text(json.dumps(row, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return row
+
+
+def _finished(out: Path, cid: str) -> bool:
+    return (out / "clips" / cid / ROW_NAME).is_file()
+
+
+def _record(row: dict) -> ClipRecord:
+    return ClipRecord(
+        rgb=row["paths"]["rgb"], caption=row["caption"],
+        modalities={name: row["paths"][name] for name in MODALITY_NAMES},
+        raw=row["raw"], split=row["split"], seed=row["seed"], clip_id=row["clip_id"],
+        frames=row["frames"], height=row["height"], width=row["width"], fps=row["fps"],
+        depth_near=row["depth_near"], flow_max=row["flow_max"],
+    )
+
+
+def rebuild_manifest(out: Path) -> Path:
+    """Collect the row.json of every finished clip into DIR/manifest.csv, ordered by split and index."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / "clips").glob(f"*/{ROW_NAME}"))]
+    rows.sort(key=lambda r: (r["split"] != "train", r["index"]))
+    manifest = out / MANIFEST_NAME
+    write_manifest(manifest, [_record(r) for r in rows])
+    return manifest
+
+
+def export_world(spec: ExportSpec) -> ExportResult:
+    """Render `spec.clips` clips of one split into `spec.out`, in parallel, with a progress bar."""
+    spec.validate()
+    start = time.perf_counter()
+    (spec.out / "clips").mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(spec.clips) if not _finished(spec.out, clip_id(spec.split, i))]
+    workers = max(1, min(spec.workers or os.cpu_count() or 1, len(todo) or 1))
+    jobs = [(spec, i) for i in todo]
+    bar = tqdm(total=len(todo), desc=f"world {spec.split}", unit="clip", disable=not todo)
+    if workers == 1:
+        for job in jobs:
+            _export_one(job)
+            bar.update()
+    else:
+        # Rendering is numpy-bound: one process per core, each single-threaded.
+        with mp.get_context("fork").Pool(workers, initializer=_single_thread) as pool:
+            for _ in pool.imap_unordered(_export_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
+                bar.update()
+    bar.close()
+    manifest = rebuild_manifest(spec.out)
+    return ExportResult(manifest, len(todo), spec.clips - len(todo), time.perf_counter() - start)
+
+
+def _single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,0 +1,108 @@
+"""World -> encode -> file -> read -> decode, scored against the raw ground truth; and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from unityvideo.cli import main
+from unityvideo.data import load_raw, read_manifest, read_video
+from unityvideo.modalities import get_modality
+from unityvideo.world.export import ExportSpec, export_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    export_world(ExportSpec(out=out, clips=3, frames=8, size=(64, 64), workers=1))
+    return out, read_manifest(out / "manifest.csv")
+
+
+def _decoded(record, name):
+    return get_modality(name).decode(read_video(record.modalities[name]), **record.hints())
+
+
+def test_manifest_lists_every_stream_and_the_raw_file(world):
+    out, records = world
+    assert [r.clip_id for r in records] == ["train-00000", "train-00001", "train-00002"]
+    header = (out / "manifest.csv").read_text().splitlines()[0].split(",")
+    assert header[:7] == ["video", "prompt", "depth", "densepose", "raft", "segmentation", "skeleton"]
+    for r in records:
+        assert r.caption and r.raw.is_file() and r.frames == 8 and (r.height, r.width) == (64, 64)
+        assert set(r.modalities) == {"depth", "flow", "segmentation", "skeleton", "densepose"}
+
+
+def test_depth_round_trip_abs_rel_below_one_percent(world):
+    for r in world[1]:
+        gt, est = load_raw(r.raw)["depth"], _decoded(r, "depth")
+        finite = np.isfinite(gt)
+        assert np.array_equal(np.isfinite(est), finite), "sky must stay sky"
+        assert np.mean(np.abs(est[finite] - gt[finite]) / gt[finite]) < 0.01
+
+
+def test_flow_round_trip_epe_below_a_tenth_of_a_pixel(world):
+    errors, clipped = [], []
+    for r in world[1]:
+        gt, est = load_raw(r.raw)["flow"], _decoded(r, "flow")
+        errors.append(np.linalg.norm(est - gt, axis=-1))
+        clipped.append(np.abs(gt).max(-1) > r.flow_max)  # clipped by the encoding, by design
+    # Over every pixel, the clipped ones included: quantisation (<= flow_max / 255 per component)
+    # and the rare flow beyond flow_max = max(H, W) / 8.
+    assert np.mean(errors) < 0.1 and np.mean(clipped) < 0.02
+
+
+def test_segmentation_and_densepose_round_trip_exactly(world):
+    for r in world[1]:
+        raw = load_raw(r.raw)
+        assert np.array_equal(_decoded(r, "segmentation"), raw["segmentation"])
+        iuv = _decoded(r, "densepose")
+        assert np.array_equal(iuv[..., 0], raw["densepose"][..., 0])
+        assert np.abs(iuv[..., 1:] - raw["densepose"][..., 1:]).max() < 2 / 255
+
+
+def _matched_errors(gt: np.ndarray, est: np.ndarray) -> list[float]:
+    """Per-frame Hungarian matching of decoded to true persons; errors of joints found in both."""
+    errors = []
+    for g, e in zip(gt, est):
+        if len(g) == 0 or len(e) == 0:
+            continue
+        cost = np.array([[np.nanmean(np.where((gp[:, 2] > 0) & (ep[:, 2] > 0),
+                                              np.linalg.norm(gp[:, :2] - ep[:, :2], axis=1), np.nan))
+                          if ((gp[:, 2] > 0) & (ep[:, 2] > 0)).any() else 1e3 for ep in e] for gp in g])
+        for i, j in zip(*linear_sum_assignment(np.nan_to_num(cost, nan=1e3))):
+            both = (g[i, :, 2] > 0) & (e[j, :, 2] > 0)
+            errors += list(np.linalg.norm(g[i, both, :2] - e[j, both, :2], axis=1))
+    return errors
+
+
+def test_skeleton_round_trip_keypoints_within_a_pixel(world):
+    errors = []
+    for r in world[1]:
+        errors += _matched_errors(load_raw(r.raw)["skeleton"], _decoded(r, "skeleton"))
+    errors = np.array(errors)
+    assert len(errors) > 50, "the test world should contain people"
+    # Discs are drawn at the rounded position (<= 0.71 px); a disc partly covered by a neighbour
+    # shifts its centroid, which is the small tail.
+    assert np.median(errors) < 0.75 and np.mean(errors <= 1.0) > 0.8
+
+
+def test_cli_world_writes_preview_and_resumes(tmp_path, capsys):
+    args = ["world", "--out", str(tmp_path), "--clips", "2", "--frames", "4", "--size", "32", "48",
+            "--split", "test", "--workers", "1"]
+    assert main(args + ["--preview"]) == 0
+    assert Image.open(tmp_path / "preview.png").size[0] > 48 * 4
+    first = (tmp_path / "clips" / "test-00000" / "row.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "0 clips (2 already there)" in capsys.readouterr().out.replace("wrote 0", "0")
+    assert (tmp_path / "clips" / "test-00000" / "row.json").stat().st_mtime_ns == first
+    row = json.loads((tmp_path / "clips" / "test-00001" / "row.json").read_text())
+    assert row["split"] == "test" and (row["height"], row["width"]) == (32, 48)
+
+
+def test_cli_rejects_bad_arguments_with_a_clear_message(tmp_path, capsys):
+    assert main(["world", "--out", str(tmp_path), "--clips", "0"]) == 2
+    assert "--clips must be at least 1" in capsys.readouterr().err
