@@ -1,0 +1,69 @@
+"""A UnityVideo checkpoint folder: the transformer plus everything needed to run it.
+
+    DIR/transformer/      UnityVideoTransformer.save_pretrained (config.json + safetensors)
+    DIR/unityvideo.json   CheckpointSpec: text encoder, codec, learned modalities and tasks, clip geometry
+    DIR/config.yaml       the exact training config of the run that produced it (optional)
+
+The trainer writes it (EMA weights), the pipeline and `unityvideo generate` read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPEC_NAME = "unityvideo.json"
+TRANSFORMER_DIR = "transformer"
+FORMAT = 1
+
+
+@dataclass
+class CheckpointSpec:
+    text_encoder: str = "minilm"                     # "minilm" or a local umT5 folder
+    codec: str = "pixel4"                            # pixel2 | pixel4 | wan2.1 | wan2.2
+    codec_folder: str | None = None                  # local VAE folder for the Wan codecs
+    modalities: list[str] = field(default_factory=list)  # modalities the model has learned
+    tasks: list[str] = field(default_factory=list)       # control | estimate | joint | t2v
+    frames: int = 16
+    size: tuple[int, int] = (64, 64)
+    fps: float = 8.0
+    shift: float = 1.0                               # sampling timestep shift
+    modality_prompt_template: str = "{prompt}"
+    step: int = 0
+    format: int = FORMAT
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / SPEC_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        return path
+
+
+def load_checkpoint_spec(folder: str | Path) -> CheckpointSpec:
+    """Read DIR/unityvideo.json, with errors that say which file is wrong and how to fix it."""
+    folder = Path(folder)
+    path = folder / SPEC_NAME
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {folder} is not a UnityVideo checkpoint (export one "
+                                "with `unityvideo train ... ` or point --checkpoint at its folder)")
+    if not (folder / TRANSFORMER_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"{folder / TRANSFORMER_DIR / 'config.json'} is missing: the checkpoint has "
+                                "no transformer (expected DIR/transformer/ written by save_pretrained)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-export the checkpoint") from err
+    known = {f.name for f in dataclasses.fields(CheckpointSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown}; known fields are {sorted(known)}")
+    if raw.get("format", FORMAT) > FORMAT:
+        raise ValueError(f"{path}: format {raw['format']} is newer than this version of unityvideo "
+                         f"understands ({FORMAT}); upgrade unityvideo")
+    spec = CheckpointSpec(**raw)
+    spec.size = tuple(spec.size)
+    return spec
