@@ -14,6 +14,7 @@ from unityvideo.world import (
     generate_clip, render_clip, sample_scene, simulate,
 )
 from unityvideo.world.scene import Ground, Scene
+from unityvideo.world.render import FAR_PLANE
 
 
 def make_scene(objects=(), persons=(), camera=None, shadows=True, fps=8.0) -> Scene:
@@ -113,6 +114,7 @@ def test_depth_equals_closed_form_ray_distances():
     eye, d = camera_rays(clip)
     with np.errstate(divide="ignore"):
         ground = np.where(d[..., 1] < 0, -eye[1] / d[..., 1], np.inf)
+    ground[ground > FAR_PLANE] = np.inf  # the ground beyond the far plane is sky
     candidates = np.stack([ground, _sphere_depth(eye, d, np.array(sphere.position), 0.5),
                            _box_depth(eye, d, np.array(box.position), box.size, 0.4)])
     expected = candidates.min(0)

@@ -390,6 +390,8 @@ def _decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> Ra
     blob_frame[blob] = f_idx
     blob_region = np.zeros(n_blobs, np.int64)
     blob_region[blob] = regions[f_idx, rows, cols]
+    order = np.argsort(blob, kind="stable")
+    blob_pixels = np.split(np.stack([rows, cols], 1)[order], np.cumsum(count)[:-1])  # (y, x) per blob
     valid = (count >= max(1, disc_area // 8)) & region_ok[blob_region]
     valid[0] = False
 
@@ -423,7 +425,10 @@ def _decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> Ra
             main = max(pieces, key=lambda b: count[b])
             near = [b for b in pieces if np.hypot(centre_x[b] - centre_x[main], centre_y[b] - centre_y[main]) <= 2 * radius + 1]
             weight = count[near]
-            person[kind] = (np.dot(weight, centre_x[near]) / weight.sum(), np.dot(weight, centre_y[near]) / weight.sum(), 2.0)
+            centroid = (np.dot(weight, centre_y[near]) / weight.sum(), np.dot(weight, centre_x[near]) / weight.sum())
+            pixels = np.concatenate([blob_pixels[b] for b in near])
+            y, x = _disc_centre(classes[blob_frame[main]], pixels, radius, centroid)
+            person[kind] = (x, y, 2.0)
         people_per_frame[blob_frame[group[0]]].append(person)
     most = max((len(p) for p in people_per_frame), default=0)
     n_persons = most if persons is None else int(persons)
@@ -433,6 +438,36 @@ def _decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> Ra
         for p, person in enumerate(found[:n_persons]):
             out[f, p] = person
     return out
+
+
+def _disc_centre(classes: np.ndarray, pixels: np.ndarray, radius: int,
+                 centroid: tuple[float, float]) -> tuple[float, float]:
+    """Where a joint disc was stamped, from its visible pixels (y, x) in one frame's class map.
+
+    A centroid is pulled off-centre when a later disc covers part of this one. Instead, take the
+    integer centres whose disc contains every visible pixel and whose other disc pixels are all
+    outside the frame or painted by a joint (joints are drawn last, so only joints can cover one);
+    the nearest such centre to the centroid wins. A noisy picture with no such centre keeps the
+    centroid.
+    """
+    offsets = _disc_offsets(radius)
+    low, high = pixels.max(0) - radius, pixels.min(0) + radius
+    if (low > high).any():  # wider than one disc: pieces of two joints
+        return centroid
+    cy, cx = np.mgrid[low[0]:high[0] + 1, low[1]:high[1] + 1]
+    centres = np.stack([cy.ravel(), cx.ravel()], 1)
+    reach = np.abs(pixels[None, :, :] - centres[:, None, :])
+    covers = ((reach ** 2).sum(-1) <= radius ** 2 + 1e-9).all(1)
+    disc = centres[:, None, :] + offsets[None, :, :]
+    height, width = classes.shape
+    inside = (disc[..., 0] >= 0) & (disc[..., 0] < height) & (disc[..., 1] >= 0) & (disc[..., 1] < width)
+    painted = classes[disc[..., 0].clip(0, height - 1), disc[..., 1].clip(0, width - 1)]
+    explained = (~inside | ((painted >= 0) & (painted < 17))).all(1)
+    feasible = centres[covers & explained]
+    if len(feasible) == 0:
+        return centroid
+    best = feasible[np.argmin(((feasible - np.array(centroid)) ** 2).sum(1))]
+    return float(best[0]), float(best[1])
 
 
 def _merge_fragments(groups: list[list[int]], kind: np.ndarray, region: np.ndarray, x: np.ndarray,

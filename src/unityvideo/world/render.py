@@ -27,6 +27,7 @@ SKY, GROUND = -2, -1                  # primitive ids of the background
 SHOES = (0.13, 0.12, 0.12)
 FLOW_DEPTH_TOLERANCE = (0.02, 0.03)  # relative, absolute (m): occluded if further than depth(t+1) by more
 SHADOW_BIAS = 2e-3
+FAR_PLANE = 100.0                     # metres of z-depth; the ground beyond is rendered as sky
 
 
 @dataclass
@@ -239,6 +240,10 @@ def render_clip(scene: Scene, frames: int, size: tuple[int, int] = (64, 64), fps
     eye32 = eye.astype(F32)
 
     t_hit, hit = _cast_primary(prims, groups, eye32, dirs)
+    # Far plane: the ground beyond it is sky (it has faded into the horizon haze by then), so every
+    # finite depth fits the depth encoding's precision.
+    beyond = (hit == GROUND) & (t_hit > FAR_PLANE * ray_len[None].astype(F32))
+    t_hit, hit = np.where(beyond, np.inf, t_hit).astype(t_hit.dtype), np.where(beyond, SKY, hit)
     depth_all = np.where(hit == SKY, np.inf, t_hit / ray_len[None].astype(F32)).astype(F32)  # (T, P)
 
     P, N = H * W, frames * H * W
