@@ -227,9 +227,11 @@ def skeleton_metrics(pred_keypoints: np.ndarray, gt_keypoints: np.ndarray,
     per_joint = np.where(labelled[:, :, None], np.minimum(normalised, 1.0), 0.0)
     cost = per_joint.sum(-1) / np.maximum(labelled.sum(-1), 1)[..., None]
     assignment = _match_persons(cost, labelled.any(-1), pred.shape[1])
-    paired = assignment >= 0
-    chosen = np.take_along_axis(normalised, np.maximum(assignment, 0)[..., None, None], axis=2)[:, :, 0]
-    chosen = np.where(paired[..., None], chosen, np.inf)  # (F, G, 17)
+    # Normalised distance of each GT joint to its paired prediction (F, G, 17); inf when unpaired.
+    padded = np.concatenate([normalised, np.full(normalised.shape[:2] + (1, 17), np.inf)], axis=2)
+    unpaired = normalised.shape[2]  # index of the all-inf column
+    column = np.where(assignment >= 0, assignment, unpaired)[..., None, None]
+    chosen = np.take_along_axis(padded, column, axis=2)[:, :, 0]
     total = labelled.sum()
     return {f"pck@{a:g}": float((labelled & (chosen <= a)).sum() / total) if total else float("nan")
             for a in thresholds}
@@ -281,7 +283,8 @@ def modality_metrics(name: str, pred_raw: np.ndarray, gt_raw: np.ndarray, **opti
     return _METRICS[_metric_modality(name)](pred_raw, gt_raw, **options)
 
 
-def control_agreement(name: str, control_raw: np.ndarray, reestimated_raw: np.ndarray, **options: Any) -> dict[str, float]:
+def control_agreement(name: str, control_raw: np.ndarray, reestimated_raw: np.ndarray,
+                      **options: Any) -> dict[str, float]:
     """Controllability: how well a generated video follows its control signal, measured as the
     metrics of the modality re-estimated from the video (by a teacher, e.g. `dis_flow`) with the
     control taken as the reference."""
