@@ -1,0 +1,526 @@
+"""UnityVideoPipeline: text-to-video, joint generation, controllable generation and modality estimation
+with one UnityVideo transformer, in the style of a diffusers pipeline.
+
+Every task is a list of streams, RGB first (its RoPE width offset is 0, as in training):
+
+    task       streams (target = denoised from t = 1 to 0, condition = clean, t = 0)
+    t2v        rgb (target)
+    joint      rgb (target), m_1 ... m_k (targets)          one shared noise schedule
+    control    rgb (target), m_1 ... m_k (conditions)       condition latent = codec.encode(video)
+    estimate   rgb (condition), m_1 ... m_k (targets)
+
+The RGB stream cross-attends to the caption, a modality stream to its modality prompt
+(`spec.modality_prompt_template.format(prompt=get_modality(m).prompt)`), as in training.
+
+Classifier-free guidance, compositional (one term per condition, each 1.0 = off and its pass skipped):
+
+    v = v(c) + (g_text - 1) * (v(c) - v(c with the caption replaced by the negative prompt, "" by default))
+             + (g_mod  - 1) * (v(c) - v(c with every condition stream replaced by noise at t = 1))
+
+With only g_text this is the usual CFG, v_u + g (v_c - v_u). "A condition replaced by noise at t = 1"
+keeps the stream layout (so every pass is one batched forward) and is a state the model learned:
+the joint task samples each stream's t independently, so t = 1 is "this modality unknown". Modality
+streams keep their modality prompt in every pass (it names the stream, it is not a condition).
+g_mod applies to control (condition = modality videos) and estimate (condition = the RGB video).
+
+The model is called with t = the scheduler's sigma (flow matching: x_t = (1 - t) x_0 + t eps), not
+its rounded integer timestep, so Euler and UniPC see the exact t of the sample they step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from .models.checkpoint import TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec
+from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, load_codec
+from .models.text import TextEncoder, load_text_encoder
+from .models.transformer import RGB, Stream, UnityVideoTransformer
+from .modalities import canonical_name, default_max_flow, get_modality
+
+__all__ = [
+    "TASKS", "SCHEDULERS", "DEFAULT_GUIDANCE", "UnityVideoPipeline", "UnityVideoPipelineOutput",
+    "StreamPlan", "plan_streams", "check_geometry", "codec_geometry", "make_scheduler", "read_transformer_config",
+]
+
+TASKS = ("t2v", "joint", "control", "estimate")
+SCHEDULERS = ("euler", "unipc")
+# Text guidance by default for the generative tasks; estimation is a measurement: no guidance.
+DEFAULT_GUIDANCE = {"t2v": 5.0, "joint": 5.0, "control": 5.0, "estimate": 1.0}
+Generator = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class UnityVideoPipelineOutput(BaseOutput):
+    """frames: generated stream -> uint8 (B, F, H, W, 3) (the stream's video encoding);
+    raw: generated modality -> one decoded raw array per sample (WorldClip layout, e.g. depth (F, H, W));
+    latents: every stream's final latent (B, C, F', H', W'), conditions included (unchanged);
+    hints: the decode hints used per modality (depth near, flow max_flow, ...)."""
+
+    frames: dict[str, np.ndarray]
+    raw: dict[str, list[np.ndarray]]
+    latents: dict[str, torch.Tensor]
+    hints: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ----- planning a request (shared with the CLI, which checks before loading anything) -----------
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """The streams of one request in model order (RGB first) and which of them are targets."""
+
+    task: str
+    streams: tuple[str, ...]
+    targets: tuple[bool, ...]
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(n for n, t in zip(self.streams, self.targets) if t)
+
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        return tuple(n for n, t in zip(self.streams, self.targets) if not t)
+
+
+def plan_streams(task: str, modalities: Sequence[str] = (), conditions: Sequence[str] = (),
+                 learned_tasks: Sequence[str] | None = None,
+                 learned_modalities: Sequence[str] | None = None) -> StreamPlan:
+    """Check a request and lay out its streams.
+
+    modalities: the generated modalities (joint, estimate) or the condition modalities (control; may
+    be left empty, the condition names are used). conditions: names of the condition videos given
+    (control: modalities; estimate: "rgb"). learned_*: what the checkpoint was trained for (None: any).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if learned_tasks is not None and task not in learned_tasks:
+        raise ValueError(f"task {task!r}: this checkpoint was trained for {sorted(learned_tasks)} only; "
+                         "pick one of those or a checkpoint trained with this task")
+    modalities = [canonical_name(m) for m in modalities]
+    conditions = [canonical_name(c) for c in conditions]
+    if RGB in modalities:
+        raise ValueError("'rgb' is not a modality here: list the visual modalities (depth, flow, ...)")
+    for names, what in ((modalities, "modalities"), (conditions, "conditions")):
+        if len(set(names)) != len(names):
+            raise ValueError(f"{what} {names} name a stream twice")
+
+    if task == "t2v":
+        if modalities or conditions:
+            raise ValueError(f"t2v generates RGB only; got modalities {modalities} and conditions {conditions} "
+                             "(use --task joint to generate modalities too, --task control to condition on them)")
+        plan = StreamPlan(task, (RGB,), (True,))
+    elif task == "joint":
+        if not modalities or conditions:
+            raise ValueError("joint generates RGB and at least one modality from a caption: give the "
+                             f"modalities (got {modalities}) and no condition videos (got {conditions})")
+        plan = StreamPlan(task, (RGB, *modalities), (True,) * (1 + len(modalities)))
+    elif task == "control":
+        if RGB in conditions or not conditions:
+            raise ValueError("control generates RGB from one or more modality videos: give a video per "
+                             f"condition modality (got {conditions or 'none'})")
+        if modalities and modalities != conditions:
+            raise ValueError(f"control: {len(modalities)} modalities {modalities} but {len(conditions)} condition "
+                             f"videos for {conditions}; give one input video per modality, in the same order")
+        plan = StreamPlan(task, (RGB, *conditions), (True,) + (False,) * len(conditions))
+    else:  # estimate
+        if conditions != [RGB]:
+            raise ValueError("estimate needs exactly one input: the RGB video to estimate modalities from "
+                             f"(got {conditions or 'none'})")
+        if not modalities:
+            raise ValueError("estimate: name the modality (or modalities) to estimate, e.g. depth")
+        plan = StreamPlan(task, (RGB, *modalities), (False,) + (True,) * len(modalities))
+
+    unknown = [m for m in plan.streams if m != RGB and learned_modalities is not None
+               and m not in learned_modalities]
+    if unknown:
+        raise ValueError(f"modalities {unknown}: this checkpoint has not learned them; it knows "
+                         f"{sorted(learned_modalities or [])}")
+    return plan
+
+
+def codec_geometry(codec: str) -> LatentGeometry:
+    """Shape rules of a codec by name, without loading its weights."""
+    if codec.startswith("pixel") and codec[5:].isdigit():
+        factor = int(codec[5:])
+        return LatentGeometry(channels=3 * factor * factor, temporal=1, spatial=factor)
+    if codec not in CODEC_GEOMETRY:
+        raise ValueError(f"unknown codec {codec!r}; choose pixel2, pixel4, wan2.1 or wan2.2")
+    return CODEC_GEOMETRY[codec]
+
+
+def check_geometry(geometry: LatentGeometry, patch_size: Sequence[int], rope_max_seq_len: int,
+                   frames: int, height: int, width: int, num_streams: int) -> tuple[int, int, int, int]:
+    """The latent shape (C, F', H', W') of a (frames, height, width) video, or a clear error when the
+    codec or the transformer's patching / RoPE table cannot take it."""
+    shape = geometry.latent_shape(frames, height, width)  # the codec's own frame/size errors
+    step = [p * (geometry.spatial if i else geometry.temporal) for i, p in enumerate(patch_size)]
+    for n, p, what, unit in zip(shape[1:], patch_size, ("frames", "height", "width"), step):
+        if n % p:
+            raise ValueError(f"{what}: the latent has {n} {what} (after the codec), not divisible by the "
+                             f"transformer's patch size {p}; use a multiple of {unit} pixels/frames")
+    if num_streams * shape[3] // patch_size[2] > rope_max_seq_len:
+        raise ValueError(f"width {width}: {num_streams} streams side by side exceed the transformer's RoPE "
+                         f"table ({rope_max_seq_len} patches); use a smaller width or fewer modalities")
+    return shape
+
+
+def make_scheduler(name: str = "euler", shift: float = 1.0):
+    """diffusers' flow-matching Euler, or UniPC as Wan's pipelines configure it for flow models."""
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    if name == "unipc":
+        return UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
+                                       use_flow_sigmas=True, flow_shift=shift)
+    raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def _fresh_scheduler(scheduler, shift: float | None):
+    """A new scheduler from `scheduler`'s config (schedulers keep per-run state), with `shift` if given."""
+    config = dict(scheduler.config)
+    if shift is not None:
+        key = "flow_shift" if "flow_shift" in config else "shift"
+        if key not in config:
+            raise ValueError(f"{type(scheduler).__name__} has no shift setting; pass shift=None")
+        config[key] = float(shift)
+    return type(scheduler).from_config(config)
+
+
+def _resolve(folder: Path, path: str | None) -> str | None:
+    """A path in unityvideo.json: relative to the checkpoint folder when it exists there."""
+    if path is None or path == "minilm" or Path(path).is_absolute():
+        return path
+    return str(folder / path) if (folder / path).exists() else path
+
+
+# ----- the pipeline ----------------------------------------------------------------------------------
+
+
+class UnityVideoPipeline:
+    """transformer + text encoder + latent codec + a flow-matching scheduler (swap `pipe.scheduler`).
+
+    spec: the checkpoint's CheckpointSpec (learned tasks / modalities, default frames, size, shift);
+    None accepts any task and the transformer's modalities and needs num_frames / height / width.
+    """
+
+    def __init__(self, transformer: UnityVideoTransformer, text_encoder: TextEncoder, codec: LatentCodec,
+                 scheduler=None, spec: CheckpointSpec | None = None):
+        if text_encoder.dim != transformer.config.text_dim:
+            raise ValueError(f"text encoder {text_encoder.name} gives {text_encoder.dim}-d features but the "
+                             f"transformer's text_dim is {transformer.config.text_dim}; use the checkpoint's encoder")
+        if codec.latent_channels != transformer.config.in_channels:
+            raise ValueError(f"codec latents have {codec.latent_channels} channels but the transformer takes "
+                             f"{transformer.config.in_channels}; use the checkpoint's codec")
+        self.transformer = transformer.eval()
+        self.text_encoder = text_encoder
+        self.codec = codec
+        self.spec = spec
+        self.scheduler = scheduler or make_scheduler("euler", spec.shift if spec else 1.0)
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._progress_config: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, scheduler: str = "euler",
+                        text_encoder: TextEncoder | None = None,
+                        codec: LatentCodec | None = None) -> "UnityVideoPipeline":
+        """Load a checkpoint folder (DIR/unityvideo.json + DIR/transformer/, see models/checkpoint.py).
+        text_encoder / codec: already loaded ones to share between pipelines (else loaded from the spec)."""
+        folder = Path(folder)
+        spec = load_checkpoint_spec(folder)
+        transformer = UnityVideoTransformer.from_pretrained(folder / TRANSFORMER_DIR, torch_dtype=torch_dtype)
+        missing = [m for m in spec.modalities if m not in transformer.stream_names]
+        if missing:
+            raise ValueError(f"{folder / 'unityvideo.json'}: modalities {missing} are not in the transformer's "
+                             f"config ({list(transformer.stream_names)}); re-export the checkpoint")
+        text_encoder = text_encoder or load_text_encoder(_resolve(folder, spec.text_encoder))
+        codec = codec or load_codec(spec.codec, _resolve(folder, spec.codec_folder))
+        pipe = cls(transformer, text_encoder, codec, make_scheduler(scheduler, spec.shift), spec)
+        return pipe.to(device) if device is not None else pipe
+
+    def to(self, device: str | torch.device) -> "UnityVideoPipeline":
+        self.transformer.to(device)
+        self.codec.to(device)
+        self.text_encoder.to(device)
+        self._prompt_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's compute dtype. Not `transformer.dtype`: under bf16 the AdaLN tables stay
+        fp32 and may come first."""
+        return self.transformer.backbone.patch_embedding.weight.dtype
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm options for the denoising progress bar, e.g. disable=True (as in diffusers)."""
+        self._progress_config = kwargs
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        task: str = "t2v",
+        modalities: Sequence[str] = (),
+        conditions: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+        video: np.ndarray | torch.Tensor | None = None,
+        negative_prompt: str | Sequence[str] = "",
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        modality_guidance_scale: float | None = None,
+        shift: float | None = None,
+        generator: Generator = None,
+        decode_hints: Mapping[str, Mapping[str, Any]] | None = None,
+        output_type: str = "np",
+        batch_cfg: bool = True,
+    ) -> UnityVideoPipelineOutput:
+        """Generate (or estimate) the target streams of `task`.
+
+        prompt: caption(s) for the RGB stream; a list is a batch ("" for none).
+        modalities: modalities to generate (joint, estimate); for control the keys of `conditions`.
+        conditions: stream name -> video, uint8 (F, H, W, 3) / (B, F, H, W, 3) or float in [-1, 1]
+            (3, F, H, W) / (B, 3, F, H, W): the modality videos of control. video: the RGB video of estimate.
+        num_frames, height, width: default from the condition videos, else the checkpoint's.
+        guidance_scale: text guidance (default per task, DEFAULT_GUIDANCE); modality_guidance_scale:
+            guidance on the condition streams (control, estimate); 1.0 / None = off (see module doc).
+        shift: timestep shift (default: the checkpoint's). generator: one, or one per sample.
+        decode_hints: modality -> hints for get_modality(m).decode (defaults: depth near=1.0, i.e.
+            relative depth; flow max_flow = max(H, W) / 8).
+        output_type: "np" (frames + raw) or "latent" (latents only, no decoding).
+        batch_cfg: run the guidance passes as one batched forward (False: one forward each, less memory).
+        """
+        conditions = dict(conditions or {})
+        if video is not None:
+            if task != "estimate":
+                raise ValueError("video= is the RGB input of task='estimate'; for control pass conditions=")
+            conditions[RGB] = video
+        conditions = {canonical_name(k): v for k, v in conditions.items()}
+        plan = plan_streams(task, modalities, list(conditions),
+                            self.spec.tasks if self.spec else None,
+                            self.spec.modalities if self.spec else self.transformer.stream_names[1:])
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type={output_type!r}; choose 'np' or 'latent'")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        g_text = DEFAULT_GUIDANCE[task] if guidance_scale is None else float(guidance_scale)
+        g_mod = 1.0 if modality_guidance_scale is None else float(modality_guidance_scale)
+        if g_mod != 1.0 and not plan.condition_names:
+            raise ValueError(f"modality_guidance_scale applies to control and estimate (a condition stream); "
+                             f"task {task!r} has none")
+
+        videos = {name: _as_video(conditions[name], name) for name in plan.condition_names}
+        batch = _batch_size(prompt, videos)
+        captions = _as_list(prompt if prompt is not None else "", batch, "prompt")
+        negatives = _as_list(negative_prompt, batch, "negative_prompt")
+        frames, height, width = self._geometry(videos, num_frames, height, width)
+        latent_shape = check_geometry(self.codec.geometry, self.transformer.config.patch_size,
+                                      self.transformer.config.rope_max_seq_len, frames, height, width,
+                                      len(plan.streams))
+
+        device = self.device
+        clean = {name: self.codec.encode(v.expand(batch, -1, -1, -1, -1).to(device)).float()
+                 for name, v in videos.items()}
+        passes = ["cond"] + (["text"] if g_text != 1.0 else []) + (["modality"] if g_mod != 1.0 else [])
+        contexts = self._contexts(plan, captions, negatives, "text" in passes)
+
+        # Noise for the targets first, then for the dropped conditions: the targets' noise depends only
+        # on the seed, not on whether modality guidance is on.
+        noise_shape = (batch, len(plan.target_names), *latent_shape)
+        x = randn_tensor(noise_shape, generator=generator, device=device, dtype=torch.float32)
+        dropped = {}
+        if "modality" in passes:
+            z = randn_tensor((batch, len(plan.condition_names), *latent_shape), generator=generator,
+                             device=device, dtype=torch.float32)
+            dropped = {name: z[:, i] for i, name in enumerate(plan.condition_names)}
+
+        scheduler = _fresh_scheduler(self.scheduler, self.spec.shift if shift is None and self.spec else shift)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        for i, timestep in enumerate(tqdm(scheduler.timesteps, desc=f"{task} denoising", **self._progress_config)):
+            sigma = float(scheduler.sigmas[i])
+            velocity = self._guided_velocity(plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod,
+                                             batch_cfg)
+            x = scheduler.step(velocity, timestep, x, return_dict=False)[0].float()
+
+        latents = {**{n: x[:, k] for k, n in enumerate(plan.target_names)}, **clean}
+        latents = {n: latents[n] for n in plan.streams}
+        if output_type == "latent":
+            return UnityVideoPipelineOutput(frames={}, raw={}, latents=latents)
+        return self._decode(plan, latents, height, width, decode_hints or {})
+
+    # ----- steps of __call__ ---------------------------------------------------------------------
+
+    def _geometry(self, videos: dict[str, torch.Tensor], frames: int | None, height: int | None,
+                  width: int | None) -> tuple[int, int, int]:
+        """(F, H, W): the condition videos', else the arguments, else the checkpoint's defaults."""
+        shapes = {name: tuple(v.shape[2:]) for name, v in videos.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"condition videos differ in (frames, height, width): {shapes}; give aligned videos")
+        if shapes:
+            given = next(iter(shapes.values()))
+            wanted = (frames or given[0], height or given[1], width or given[2])
+            if wanted != given:
+                raise ValueError(f"num_frames/height/width {wanted} differ from the condition videos' {given}; "
+                                 "leave them unset or resize the videos first")
+            return given
+        default_size = tuple(self.spec.size) if self.spec else (None, None)
+        out = (frames or (self.spec.frames if self.spec else None), height or default_size[0],
+               width or default_size[1])
+        if None in out:
+            raise ValueError("num_frames, height and width are needed (the pipeline has no checkpoint spec)")
+        return out
+
+    def _modality_prompt(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, L, D) features and mask of a modality's in-context prompt, encoded once per pipeline."""
+        if name not in self._prompt_cache:
+            template = self.spec.modality_prompt_template if self.spec else "{prompt}"
+            self._prompt_cache[name] = self.text_encoder.encode([template.format(prompt=get_modality(name).prompt)])
+        return self._prompt_cache[name]
+
+    def _contexts(self, plan: StreamPlan, captions: list[str], negatives: list[str], with_negative: bool):
+        """Per stream and pass: (features (B, L, D), mask (B, L)) on the model's device and dtype.
+        Captions and negative prompts are encoded together so both pad to one length."""
+        batch = len(captions)
+        texts = captions + (negatives if with_negative else [])
+        features, mask = self.text_encoder.encode(texts)
+        caption = (features[:batch], mask[:batch])
+        negative = (features[batch:], mask[batch:]) if with_negative else caption
+        out = {}
+        for name in plan.streams:
+            if name == RGB:
+                out[name] = {"cond": caption, "modality": caption, "text": negative}
+            else:
+                f, m = self._modality_prompt(name)
+                same = (f.expand(batch, -1, -1), m.expand(batch, -1))
+                out[name] = {"cond": same, "text": same, "modality": same}
+        dtype, device = self.dtype, self.device
+        return {n: {p: (f.to(device, dtype), m.to(device)) for p, (f, m) in d.items()} for n, d in out.items()}
+
+    def _pass_streams(self, plan: StreamPlan, x: torch.Tensor, sigma: float, clean: dict, dropped: dict,
+                      contexts: dict, kind: str) -> list[Stream]:
+        """The streams of one guidance pass: targets at t = sigma, conditions clean at t = 0, or (the
+        modality-unconditional pass) replaced by noise at t = 1."""
+        streams, k = [], 0
+        batch = x.shape[0]
+        for name, is_target in zip(plan.streams, plan.targets):
+            if is_target:
+                latent, t = x[:, k], sigma
+                k += 1
+            elif kind == "modality":
+                latent, t = dropped[name], 1.0
+            else:
+                latent, t = clean[name], 0.0
+            feats, mask = contexts[name][kind]
+            streams.append(Stream(name, latent.to(self.dtype),
+                                  torch.full((batch,), t, device=x.device), feats, mask))
+        return streams
+
+    def _predict(self, streams: list[Stream], plan: StreamPlan) -> torch.Tensor:
+        """Target velocities (B, T, C, F, H, W) in fp32 from one forward."""
+        out = self.transformer(streams)
+        return torch.stack([v for v, t in zip(out, plan.targets) if t], dim=1).float()
+
+    def _guided_velocity(self, plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod, batch_cfg):
+        per_pass = [self._pass_streams(plan, x, sigma, clean, dropped, contexts, kind) for kind in passes]
+        if batch_cfg and len(per_pass) > 1:  # one forward: the passes stacked along the batch
+            merged = [_cat_streams([p[s] for p in per_pass]) for s in range(len(plan.streams))]
+            v = dict(zip(passes, self._predict(merged, plan).chunk(len(passes), dim=0)))
+        else:
+            v = {kind: self._predict(streams, plan) for kind, streams in zip(passes, per_pass)}
+        guided = v["cond"]
+        if "text" in v:
+            guided = guided + (g_text - 1.0) * (v["cond"] - v["text"])
+        if "modality" in v:
+            guided = guided + (g_mod - 1.0) * (v["cond"] - v["modality"])
+        return guided
+
+    def _decode(self, plan: StreamPlan, latents: dict[str, torch.Tensor], height: int, width: int,
+                decode_hints: Mapping[str, Mapping[str, Any]]) -> UnityVideoPipelineOutput:
+        frames, raw, hints = {}, {}, {}
+        for name in plan.target_names:
+            video = self.codec.decode(latents[name]).float()  # (B, 3, F, H, W) in [-1, 1]
+            frames[name] = (video.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+                            .permute(0, 2, 3, 4, 1).cpu().numpy())
+            if name == RGB:
+                continue
+            hints[name] = {**_default_hints(name, height, width), **dict(decode_hints.get(name, {}))}
+            raw[name] = [get_modality(name).decode(f, **hints[name]) for f in frames[name]]
+        return UnityVideoPipelineOutput(frames=frames, raw=raw, latents=latents, hints=hints)
+
+
+# ----- small helpers ---------------------------------------------------------------------------------
+
+
+def _default_hints(name: str, height: int, width: int) -> dict[str, Any]:
+    """Decode hints a generated modality has no clip to take them from: relative depth (near = 1),
+    the encoding's default flow range, the frame size for skeletons."""
+    return {"depth": {"near": 1.0}, "flow": {"max_flow": default_max_flow(height, width)},
+            "skeleton": {"size": (height, width)}}.get(name, {})
+
+
+def _as_video(value: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """A condition video as float (B, 3, F, H, W) in [-1, 1]."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim not in (4, 5) or value.shape[-1] != 3:
+            raise ValueError(f"condition {name!r}: a numpy video must be uint8 (F, H, W, 3) or (B, F, H, W, 3), "
+                             f"got {value.dtype} {value.shape}")
+        video = torch.from_numpy(np.ascontiguousarray(value)).float().div(127.5).sub(1.0)
+        video = video.unsqueeze(0) if video.ndim == 4 else video
+        return video.permute(0, 4, 1, 2, 3)
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim in (4, 5):
+        video = value.unsqueeze(0) if value.ndim == 4 else value
+        if video.shape[1] != 3:
+            raise ValueError(f"condition {name!r}: a tensor video must be (B, 3, F, H, W), got {tuple(value.shape)}")
+        return video.float()
+    raise ValueError(f"condition {name!r}: expected a uint8 numpy video (F, H, W, 3) or a float tensor "
+                     f"(B, 3, F, H, W) in [-1, 1], got {type(value).__name__}")
+
+
+def _batch_size(prompt: str | Sequence[str] | None, videos: dict[str, torch.Tensor]) -> int:
+    sizes = {v.shape[0] for v in videos.values()} - {1}
+    if prompt is not None and not isinstance(prompt, str):
+        sizes.add(len(prompt))
+    if len(sizes) > 1:
+        raise ValueError(f"batch sizes disagree: prompts and condition videos give {sorted(sizes)}")
+    return sizes.pop() if sizes else 1
+
+
+def _as_list(text: str | Sequence[str], batch: int, what: str) -> list[str]:
+    texts = [text] * batch if isinstance(text, str) else list(text)
+    if len(texts) != batch:
+        raise ValueError(f"{what}: {len(texts)} texts for a batch of {batch}")
+    return texts
+
+
+def _cat_streams(streams: list[Stream]) -> Stream:
+    """One stream of several passes, stacked along the batch (contexts padded to one length)."""
+    length = max(s.context.shape[1] for s in streams)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:  # along dim 1 (tokens)
+        return torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, length - t.shape[1]), value=value)
+
+    return Stream(streams[0].modality, torch.cat([s.latent for s in streams]),
+                  torch.cat([torch.as_tensor(s.timestep) for s in streams]),
+                  torch.cat([pad(s.context, 0.0) for s in streams]),
+                  torch.cat([pad(s.context_mask, False) for s in streams]))
+
+
+def read_transformer_config(folder: str | Path) -> dict:
+    """DIR/transformer/config.json (patch size, RoPE length) without loading weights."""
+    return json.loads((Path(folder) / TRANSFORMER_DIR / "config.json").read_text())

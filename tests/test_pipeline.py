@@ -1,0 +1,297 @@
+"""UnityVideoPipeline and `unityvideo generate`: every task from a checkpoint folder, seeds, batched CFG,
+flow-matching sanity with an oracle velocity, condition streams, and the CLI's errors and files."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from unityvideo import cli, pipeline_cli
+from unityvideo.data import load_raw, probe_video, read_video, write_video
+from unityvideo.modalities import get_modality
+from unityvideo.models import Stream, UnityVideoTransformer
+from unityvideo.models.checkpoint import CheckpointSpec
+from unityvideo.pipeline import UnityVideoPipeline, make_scheduler
+
+F, H, W = 4, 32, 32  # latent (48, 4, 8, 8) with the pixel4 codec: 64 tokens per stream
+LEARNED = ["depth", "flow", "segmentation"]
+ALL_TASKS = ["t2v", "joint", "control", "estimate"]
+
+
+def save_checkpoint(folder, tasks=ALL_TASKS):
+    torch.manual_seed(0)
+    model = UnityVideoTransformer.from_preset("tiny", num_layers=1)
+    with torch.no_grad():  # non-zero AdaLN table so streams differ even before training
+        model.modality_table.normal_(0, 0.5)
+    model.save_pretrained(folder / "transformer")
+    CheckpointSpec(modalities=LEARNED, tasks=list(tasks), frames=F, size=(H, W), fps=8, shift=3.0).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture()
+def calls(pipe, monkeypatch):
+    """Record every transformer forward: the streams it got."""
+    seen = []
+    forward = pipe.transformer.forward
+
+    def recording(streams):
+        seen.append(streams)
+        return forward(streams)
+
+    monkeypatch.setattr(pipe.transformer, "forward", recording)
+    return seen
+
+
+def video(seed, frames=F, height=H, width=W):
+    return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+REQUESTS = {
+    "t2v": dict(prompt=["a red ball rolls", "a person walks"]),
+    "joint": dict(prompt=["a red ball rolls", "a person walks"], modalities=["depth", "flow"]),
+    "control": dict(prompt="a person walks", conditions={"depth": video(1), "segmentation": video(2)}),
+    "estimate": dict(video=video(3), modalities=["depth"]),
+}
+
+
+# ----- every task end to end ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_task_runs_from_the_folder(pipe, task):
+    out = pipe(task=task, num_inference_steps=2, generator=gen(0), **REQUESTS[task])
+    batch = 2 if task in ("t2v", "joint") else 1
+    targets = {"t2v": ["rgb"], "joint": ["rgb", "depth", "flow"], "control": ["rgb"], "estimate": ["depth"]}[task]
+    assert list(out.frames) == targets
+    for frames in out.frames.values():
+        assert frames.shape == (batch, F, H, W, 3) and frames.dtype == np.uint8
+    for name in targets[1:] if task == "joint" else targets if task == "estimate" else []:
+        assert len(out.raw[name]) == batch
+    if task == "joint":
+        assert out.raw["depth"][0].shape == (F, H, W) and out.raw["flow"][0].shape == (F, H, W, 2)
+        assert out.hints["flow"]["max_flow"] == max(H, W) / 8 and out.hints["depth"]["near"] == 1.0
+    if task == "estimate":
+        assert out.raw["depth"][0].dtype == np.float32
+    assert list(out.latents)[0] == "rgb"  # rgb first in the stream order
+    assert all(v.shape == (batch, 48, F, H // 4, W // 4) for v in out.latents.values())
+
+
+def test_same_seed_same_video_other_seed_other_video(pipe):
+    run = lambda seed: pipe("a ball", task="joint", modalities=["depth"], num_inference_steps=2,
+                            generator=gen(seed)).frames
+    a, b, c = run(5), run(5), run(6)
+    for name in a:
+        assert np.array_equal(a[name], b[name])
+        assert not np.array_equal(a[name], c[name])
+
+
+def test_a_generator_per_sample_reproduces_single_samples(pipe):
+    both = pipe(["a ball", "a box"], num_inference_steps=2, generator=[gen(1), gen(2)], output_type="latent")
+    second = pipe("a box", num_inference_steps=2, generator=gen(2), output_type="latent")
+    assert torch.allclose(both.latents["rgb"][1], second.latents["rgb"][0], atol=1e-5)
+
+
+# ----- classifier-free guidance -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["joint", "control", "estimate"])
+def test_batched_cfg_equals_separate_passes(pipe, task):
+    kwargs = dict(task=task, num_inference_steps=3, guidance_scale=3.0, output_type="latent", **REQUESTS[task])
+    if task != "joint":
+        kwargs["modality_guidance_scale"] = 2.0
+    batched = pipe(generator=gen(0), batch_cfg=True, **kwargs).latents
+    separate = pipe(generator=gen(0), batch_cfg=False, **kwargs).latents
+    for name in batched:
+        assert (batched[name] - separate[name]).abs().max() <= 1e-5
+
+
+def test_cfg_is_uncond_plus_scale_times_difference(pipe):
+    """One Euler step from t = 1 to 0: x_0 = eps - v, with v = v_u + g (v_c - v_u) from two plain forwards."""
+    prompts, g = ["a red ball", "a person"], 4.0
+    out = pipe(prompts, num_inference_steps=1, guidance_scale=g, generator=gen(3), output_type="latent")
+    eps = randn_tensor((2, 1, 48, F, H // 4, W // 4), generator=gen(3))[:, 0]
+    features, mask = pipe.text_encoder.encode(prompts + ["", ""])
+    with torch.no_grad():
+        v_c, v_u = (pipe.transformer([Stream("rgb", eps, torch.ones(2), features[s], mask[s])])[0]
+                    for s in (slice(0, 2), slice(2, 4)))
+    assert (out.latents["rgb"] - (eps - (v_u + g * (v_c - v_u)))).abs().max() <= 1e-5
+
+
+def test_guidance_one_skips_the_unconditional_pass(pipe, calls):
+    pipe("a ball", num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+    assert [s[0].latent.shape[0] for s in calls] == [1, 1, 1]
+    calls.clear()
+    pipe("a ball", num_inference_steps=3, guidance_scale=5.0, output_type="latent")
+    assert [s[0].latent.shape[0] for s in calls] == [2, 2, 2]  # cond + uncond in one forward
+    calls.clear()
+    pipe("a ball", num_inference_steps=3, guidance_scale=5.0, output_type="latent", batch_cfg=False)
+    assert len(calls) == 6
+    calls.clear()
+    pipe(task="control", conditions={"depth": video(1)}, num_inference_steps=2, guidance_scale=2.0,
+         modality_guidance_scale=3.0, output_type="latent")
+    assert [s[0].latent.shape[0] for s in calls] == [3, 3]  # cond, no caption, condition as noise
+    t_depth = calls[0][1].timestep
+    assert t_depth.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_modality_guidance_needs_a_condition_stream(pipe):
+    with pytest.raises(ValueError, match="modality_guidance_scale"):
+        pipe("a ball", task="t2v", modality_guidance_scale=2.0)
+
+
+# ----- flow matching sanity ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "unipc"])
+def test_oracle_velocity_recovers_x0(pipe, monkeypatch, scheduler):
+    """A fake model returning eps - x_0 (computed from x_t and t) must land exactly on x_0, and every
+    sample it is shown must lie on the straight path (1 - t) x_0 + t eps with one eps."""
+    shape = (1, 48, F, H // 4, W // 4)
+    x0 = {"rgb": torch.randn(shape, generator=gen(10)), "depth": torch.randn(shape, generator=gen(11))}
+    eps_seen = {name: [] for name in x0}
+
+    def oracle(streams):
+        out = []
+        for s in streams:
+            t = torch.as_tensor(s.timestep).view(-1, 1, 1, 1, 1)
+            eps = (s.latent - (1 - t) * x0[s.modality]) / t
+            eps_seen[s.modality].append(eps)
+            out.append(eps - x0[s.modality])
+        return out
+
+    monkeypatch.setattr(pipe.transformer, "forward", oracle)
+    monkeypatch.setattr(pipe, "scheduler", make_scheduler(scheduler, 3.0))
+    result = pipe("a ball", task="joint", modalities=["depth"], num_inference_steps=6, guidance_scale=1.0,
+                  generator=gen(0), output_type="latent")
+    noise = randn_tensor((1, 2, *shape[1:]), generator=gen(0))
+    for k, name in enumerate(x0):
+        assert (result.latents[name] - x0[name]).abs().max() <= 1e-4
+        for eps in eps_seen[name]:
+            assert (eps - noise[:, k]).abs().max() <= 1e-3
+
+
+def test_condition_latent_is_clean_and_unchanged(pipe, calls):
+    depth = video(4)
+    out = pipe("a person", task="control", conditions={"depth": depth}, num_inference_steps=3,
+               guidance_scale=2.0, generator=gen(0))
+    expected = pipe.codec.encode(torch.from_numpy(depth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    assert torch.equal(out.latents["depth"], expected)
+    for streams in calls:
+        assert [s.modality for s in streams] == ["rgb", "depth"]
+        assert torch.equal(streams[1].latent[:1], expected) and torch.all(streams[1].timestep == 0)
+
+
+# ----- the command line ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    depth = get_modality("depth").encode(np.random.default_rng(0).uniform(1, 5, (F + 2, H, W)).astype(np.float32))
+    (folder / "broken.mkv").write_text("not a video")
+    return {"rgb": write_video(folder / "rgb.mp4", video(0, F + 2), fps=8, lossless=False),
+            "depth": write_video(folder / "depth.mkv", depth, fps=8, lossless=True),
+            "broken": folder / "broken.mkv"}
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the request was checked")
+
+    monkeypatch.setattr(UnityVideoPipeline, "from_pretrained", refuse)
+
+
+def generate(*argv) -> int:
+    return cli.main(["generate", *map(str, argv)])
+
+
+BAD_REQUESTS = [
+    (["--task", "estimate", "--modality", "depth"], "exactly one --input"),
+    (["--task", "joint", "--prompt", "x", "--modality", "skeleton"], "has not learned"),
+    (["--task", "joint", "--prompt", "x", "--modality", "colour"], "unknown modality"),
+    (["--task", "paint", "--prompt", "x"], "unknown task"),
+    (["--task", "t2v"], "pass --prompt"),
+    (["--task", "t2v", "--prompt", "x", "--size", "30", "32"], "not divisible by the codec"),
+    (["--task", "t2v", "--prompt", "x", "--size", "36", "32"], "patch size"),
+    (["--task", "control", "--modality", "depth", "flow", "--input", "{depth}"], "one input video per modality"),
+    (["--task", "control", "--modality", "depth", "--input", "{broken}"], "cannot read video"),
+    (["--task", "control", "--modality", "depth", "--input", "{missing}"], "file not found"),
+    (["--task", "control", "--modality", "depth", "--input", "{depth}", "--frames", "9"], "9 requested"),
+    (["--task", "estimate", "--modality", "depth", "--input", "{rgb}", "--steps", "0"], "--steps"),
+    (["--task", "t2v", "--prompt", "x", "--out", "{gif}"], ".mp4 or .mkv"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_REQUESTS, ids=[m for _, m in BAD_REQUESTS])
+def test_cli_rejects_impossible_requests_before_loading(checkpoint, inputs, tmp_path, no_model, capsys,
+                                                       argv, message):
+    paths = {**{k: str(v) for k, v in inputs.items()}, "missing": str(tmp_path / "missing.mp4"),
+             "gif": str(tmp_path / "out.gif")}
+    argv = [a.format(**paths) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out.mp4")]
+    assert generate("--checkpoint", checkpoint, *argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_a_task_the_checkpoint_did_not_learn(tmp_path, no_model, capsys):
+    folder = save_checkpoint(tmp_path / "t2v-only", tasks=["t2v"])
+    assert generate("--checkpoint", folder, "--task", "joint", "--prompt", "x", "--modality", "depth",
+                    "--out", tmp_path / "o.mp4") == 2
+    assert "trained for ['t2v'] only" in capsys.readouterr().err
+
+
+def test_cli_without_checkpoint_names_the_missing_default(tmp_path, monkeypatch, no_model, capsys):
+    monkeypatch.setattr(pipeline_cli, "DEFAULT_CHECKPOINT", tmp_path / "assets" / "tiny-world")
+    assert generate("--prompt", "x", "--out", tmp_path / "o.mp4") == 2
+    assert "default checkpoint" in capsys.readouterr().err
+
+
+def test_cli_joint_writes_rgb_modalities_raw_and_preview(checkpoint, tmp_path):
+    out = tmp_path / "gen" / "ball.mp4"
+    assert generate("--checkpoint", checkpoint, "--task", "joint", "--prompt", "a ball", "--modality", "depth",
+                    "flow", "--steps", "2", "--out", out, "--device", "cpu") == 0
+    assert probe_video(out)[:3] == (F, H, W)
+    for name in ("depth", "flow"):
+        assert read_video(out.with_name(f"ball.{name}.mkv")).shape == (F, H, W, 3)
+    raw = load_raw(out.with_name("ball.npz"))
+    assert raw["depth"].shape == (F, H, W) and raw["flow"].shape == (F, H, W, 2)
+    assert raw["meta"]["hints"]["depth"]["near"] == 1.0
+    assert probe_video(out.with_name("ball.preview.mp4"))[1:3] == (H, 3 * W)
+
+
+def test_cli_control_and_estimate_read_inputs(checkpoint, inputs, tmp_path):
+    out = tmp_path / "control.mp4"
+    assert generate("--checkpoint", checkpoint, "--task", "control", "--modality", "depth", "--input",
+                    inputs["depth"], "--frames", F, "--steps", "2", "--scheduler", "unipc", "--out", out) == 0
+    assert probe_video(out)[:3] == (F, H, W)
+    out = tmp_path / "estimate.mkv"
+    assert generate("--checkpoint", checkpoint, "--task", "estimate", "--modality", "depth", "--input",
+                    inputs["rgb"], "--size", 16, 16, "--steps", "2", "--out", out) == 0
+    assert load_raw(tmp_path / "estimate.npz")["depth"].shape == (F + 2, 16, 16)
+    assert not out.exists()  # estimation generates no RGB video
+
+
+def test_bfloat16_transformer_runs(checkpoint):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a ball", task="joint", modalities=["depth"], num_inference_steps=2, generator=gen(0))
+    assert pipe.dtype == torch.bfloat16 and out.frames["depth"].shape == (1, F, H, W, 3)
+    assert out.latents["rgb"].dtype == torch.float32  # the scheduler integrates in fp32
