@@ -3,7 +3,7 @@
     warping_error(frames, flow, valid=None)  temporal consistency along the motion (lower is better)
     frame_ssim(frames)                       mean SSIM of consecutive frames on luminance (higher = steadier)
     motion_smoothness(frames)                1 - frame-interpolation residual (higher = smoother)
-    dis_flow(frames)                         forward optical flow by OpenCV's DIS (opencv-python-headless)
+    dis_flow(frames)                         forward optical flow by OpenCV's DIS (the `annotate` extra)
 
 Frames are uint8 (F, H, W, C) / (F, H, W), or float in [0, 1]; all scores are on the [0, 1]
 intensity scale. A score that needs more frames than the clip has is NaN.
@@ -162,11 +162,11 @@ def dis_flow(frames: Any, preset: str = "medium") -> np.ndarray:
     DIS (Kroeger et al. 2016) on luminance — an independent, weight-free flow teacher for scoring
     controllability. The last frame has no successor: it repeats the previous frame's flow (a
     constant-velocity guess; zeros for a 1-frame clip), matching the layout of `WorldClip.flow`.
-    Needs the `opencv-python-headless` package."""
+    Needs OpenCV: `pip install 'unityvideo[annotate]'`."""
     try:
         import cv2
     except ImportError as error:
-        raise ImportError("dis_flow needs OpenCV: pip install opencv-python-headless") from error
+        raise ImportError("dis_flow needs OpenCV: pip install 'unityvideo[annotate]'") from error
     if preset not in DIS_PRESETS:
         raise ValueError(f"dis_flow: preset must be one of {DIS_PRESETS}, got {preset!r}")
     grey = np.rint(luminance(frames) * 255.0).clip(0, 255).astype(np.uint8)

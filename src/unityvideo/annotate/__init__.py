@@ -1,0 +1,1 @@
+"""Annotate plain RGB videos with teacher models for the five modalities."""
