@@ -10,6 +10,9 @@ import sys
 # `func(args) -> int` is imported lazily so `unityvideo --help` stays fast.
 COMMAND_MODULES = (
     "unityvideo.world.cli",
+    "unityvideo.annotate.cli",
+    "unityvideo.pipeline_cli",
+    "unityvideo.eval.cli",
 )
 
 

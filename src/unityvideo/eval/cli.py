@@ -1,0 +1,95 @@
+"""`unityvideo eval`: benchmark a checkpoint on clips with ground truth and write the results and a report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="benchmark a checkpoint: estimation, control, joint generation and t2v against ground truth",
+        description="Runs every task on clips with raw ground truth (the world's test split) and writes OUT "
+        "(metric rows as JSON), OUT-stem.md (a table), OUT-stem.per_clip.json, OUT-stem.<task>.png "
+        "(model vs baseline) and report.html (videos side by side, metrics) beside OUT.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (unityvideo.json + transformer/)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset folder (with manifest.csv) or a manifest; rows need the raw column")
+    p.add_argument("--out", type=Path, required=True, help="results .json path (the other files go beside it)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="estimate control joint t2v (default: those of the four the checkpoint learned)")
+    p.add_argument("--modalities", nargs="+", default=None, metavar="M",
+                   help="modalities to evaluate (default: those the checkpoint learned)")
+    p.add_argument("--clips", type=int, default=16, help="number of clips (default 16; 0 = all)")
+    p.add_argument("--split", default=None, help="manifest split (default: test when present, else all rows)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="text guidance of control/joint/t2v (default: the pipeline's, 5); estimation uses none")
+    p.add_argument("--seed", type=int, default=0, help="base seed; clip i gets a seed of (seed, i) (default 0)")
+    p.add_argument("--batch-size", type=int, default=4, help="clips per forward (default 4)")
+    p.add_argument("--keep-videos", type=int, default=2, help="clips per task and modality shown in the report")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.add_argument("--loss-curve", type=Path, default=None,
+                   help="a loss-curve PNG, or a training run's metrics.jsonl to plot, for the report")
+    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                   help="a line in the report's header, e.g. --note 'training=from scratch, 4k steps'")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.set_defaults(func=run)
+
+
+def _notes(args: argparse.Namespace, settings: dict) -> dict[str, str]:
+    notes = {"checkpoint": f"{args.checkpoint} (step {settings.get('step')})",
+             "data": f"{settings['data']}: {len(settings['clips'])} clips, {settings['frames']} frames of "
+                     f"{settings['size'][0]}×{settings['size'][1]}",
+             "sampling": f"{settings['steps']} steps, guidance {settings['guidance'] or 'default'}, "
+                         f"seed {settings['seed']}",
+             "evaluation time": f"{settings['wall_s']:.0f} s"}
+    if settings.get("skipped"):
+        notes["skipped clips"] = str(len(settings["skipped"]))
+    for note in args.note:
+        key, sep, value = note.partition("=")
+        if not sep:
+            raise ValueError(f"--note {note!r}: write KEY=VALUE")
+        notes[key.strip()] = value.strip()
+    return notes
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.suffix.lower() != ".json":
+        raise ValueError(f"--out {args.out}: give a .json path (the table, plots and report go beside it)")
+    if args.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype {args.dtype!r}: choose float32, bfloat16 or float16")
+    for note in args.note:
+        if "=" not in note:
+            raise ValueError(f"--note {note!r}: write KEY=VALUE")
+    if args.loss_curve is not None and not args.loss_curve.is_file():
+        raise FileNotFoundError(f"--loss-curve {args.loss_curve}: no such file")
+
+    import json
+
+    from unityvideo.eval.runner import EVAL_TASKS, evaluate, load_videos
+    from unityvideo.models.checkpoint import load_checkpoint_spec
+
+    spec = load_checkpoint_spec(args.checkpoint)  # a missing checkpoint fails here, before any work
+    tasks = args.tasks or [t for t in EVAL_TASKS if not spec.tasks or t in spec.tasks]
+    out_dir, name = args.out.parent, args.out.stem
+    rows = evaluate(args.checkpoint, args.data, out_dir, tasks=tasks, modalities=args.modalities,
+                    clips=args.clips or None, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                    split=args.split, batch_size=args.batch_size, keep_videos=args.keep_videos,
+                    device=args.device, dtype=args.dtype, name=name)
+    print(f"wrote {len(rows)} metric rows to {args.out} (table: {out_dir / (name + '.md')})")
+    if not args.no_report:
+        from unityvideo.eval.report import plot_loss_curve, write_report
+
+        settings = json.loads((out_dir / f"{name}.per_clip.json").read_text())["settings"]
+        loss = args.loss_curve
+        if loss is not None and loss.suffix.lower() == ".jsonl":
+            loss = plot_loss_curve(loss, out_dir / "loss.png")
+        plots = [out_dir / f"{name}.{t}.png" for t in EVAL_TASKS if (out_dir / f"{name}.{t}.png").is_file()]
+        report = write_report(out_dir, rows, load_videos(out_dir / f"{name}.videos.json"), loss_curve_png=loss,
+                              notes=_notes(args, settings), plots=plots)
+        print(f"report: {report}")
+    return 0

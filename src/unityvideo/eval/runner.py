@@ -1,0 +1,638 @@
+"""The benchmark: run a UnityVideo checkpoint on clips with ground truth and score every task.
+
+    rows = evaluate("ckpt/", "world-test/", "eval/", clips=16, steps=30)
+
+Four task families, each clip with a fixed seed (a function of (seed, clip index), so the numbers do
+not depend on the batch size):
+
+    estimate  RGB clip -> modality        modality metrics vs the ground truth;
+                                          baseline: `trivial_baseline` scored the same way
+    control   GT modality -> RGB          controllability: `control_agreement` of the control with the
+                                          model's own re-estimate from the generated RGB (and, for flow,
+                                          with OpenCV's DIS flow of it: metrics prefixed `dis_`);
+                                          baseline: the same video scored against an unrelated clip's
+                                          control. Plus quality proxies of the generated RGB.
+    joint     caption -> RGB + modality   cross-modal consistency: the joint modality vs the model's
+                                          re-estimate from the joint RGB (flow also vs DIS); baseline:
+                                          the re-estimate against an unrelated clip's joint modality.
+                                          Plus quality proxies.
+    t2v       caption -> RGB              quality proxies: frame_ssim, motion_smoothness, warping_error
+                                          (along DIS flow); baseline: the same proxies of the GT video.
+
+A row is {"task", "modality", "metric", "model", "baseline", "higher_is_better"} (means over clips,
+NaN skipped; null where nothing was measurable or there is no baseline). `baseline_kind(task, metric)`
+says what the baseline is. Files written to out_dir: NAME.json (rows), NAME.md (a table), NAME.per_clip.json
+(settings + one entry per clip and metric), NAME.<task>.png (model vs baseline on the primary metrics),
+NAME.videos.json/.npz (the first clips' videos as pictures, for `report.write_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from unityvideo.data.manifest import ClipRecord, read_manifest
+from unityvideo.data.raw import RawReadError, load_raw
+from unityvideo.data.transforms import CropPlan, crop_raw
+from unityvideo.data.video import read_video
+from unityvideo.eval.metrics import (PRIMARY_METRIC, control_agreement, flow_metrics, modality_metrics,
+                                     trivial_baseline)
+from unityvideo.eval.quality import dis_flow, frame_ssim, motion_smoothness, warping_error
+from unityvideo.modalities import MODALITY_NAMES, canonical_name, default_max_flow, depth_near, get_modality
+
+__all__ = ["evaluate", "EVAL_TASKS", "HIGHER_IS_BETTER", "QUALITY_METRICS", "baseline_kind", "EvalClip",
+           "load_eval_clips", "resolve_manifest", "aggregate", "write_results", "save_videos", "load_videos",
+           "markdown_table", "plot_task", "is_better"]
+
+log = logging.getLogger(__name__)
+
+EVAL_TASKS = ("estimate", "control", "joint", "t2v")
+QUALITY_METRICS = ("frame_ssim", "motion_smoothness", "warping_error")
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "abs_rel": False, "delta1": True, "epe": False, "fl_all": False, "miou": True, "fg_iou": True,
+    "pck@0.05": True, "pck@0.1": True, "part_miou": True, "uv_error": False,
+    "frame_ssim": True, "motion_smoothness": True, "warping_error": False,
+}
+DIS_PREFIX = "dis_"  # control/joint flow scored with the independent DIS teacher instead of the model
+
+
+def baseline_kind(task: str, metric: str) -> str:
+    """What a row's baseline is: 'trivial' (estimate), 'unrelated' (control/joint agreement with another
+    clip's signal) or 'reference' (the quality proxies of the ground-truth video)."""
+    if metric in QUALITY_METRICS:
+        return "reference"
+    return "trivial" if task == "estimate" else "unrelated"
+
+
+def higher_is_better(metric: str) -> bool:
+    return HIGHER_IS_BETTER[metric.removeprefix(DIS_PREFIX)]
+
+
+def is_better(row: dict) -> bool | None:
+    """Does the model beat the baseline in the metric's direction? None when either is missing."""
+    model, baseline = row.get("model"), row.get("baseline")
+    if model is None or baseline is None or model == baseline:
+        return None
+    return (model > baseline) == bool(row["higher_is_better"])
+
+
+# ----- clips with ground truth ----------------------------------------------------------------------
+
+
+@dataclass
+class EvalClip:
+    """One clip cut to the evaluation geometry: its RGB, raw modalities and the hints to encode/decode them."""
+
+    index: int
+    clip_id: str
+    caption: str
+    rgb: np.ndarray                      # uint8 (F, H, W, 3)
+    raw: dict[str, np.ndarray]           # modality -> raw ground truth (WorldClip layout)
+    flow_valid: np.ndarray | None        # (F, H, W) bool, when the raw has it
+    hints: dict[str, dict[str, Any]]     # modality -> hints for encode / decode / visualize
+
+    def metric_options(self, modality: str) -> dict[str, Any]:
+        return {"valid": self.flow_valid} if modality == "flow" and self.flow_valid is not None else {}
+
+
+def resolve_manifest(data: str | Path) -> Path:
+    """A dataset folder (its manifest.csv / manifest.jsonl) or a manifest file."""
+    data = Path(data)
+    if data.is_dir():
+        for name in ("manifest.csv", "manifest.jsonl"):
+            if (data / name).is_file():
+                return data / name
+        raise FileNotFoundError(f"{data}: no manifest.csv or manifest.jsonl in this folder; pass a dataset "
+                                "folder written by `unityvideo world` or a manifest file")
+    if not data.exists():
+        raise FileNotFoundError(f"--data {data}: no such file or folder")
+    return data
+
+
+def select_records(manifest: Path, split: str | None = None) -> list[ClipRecord]:
+    """The manifest's rows with raw ground truth, of `split` (default: 'test' when the manifest has
+    test rows, else every row)."""
+    records = read_manifest(manifest)
+    with_raw = [r for r in records if r.raw is not None]
+    if not with_raw:
+        raise ValueError(f"{manifest}: no row has raw ground truth (the 'raw' column, a raw.npz per clip); "
+                         "evaluation needs it: render a test split with `unityvideo world --split test` "
+                         "or annotate the clips first")
+    splits = sorted({str(r.split) for r in with_raw})
+    if split is None:
+        split = "test" if "test" in splits else None
+    chosen = [r for r in with_raw if split is None or r.split == split]
+    if not chosen:
+        raise ValueError(f"{manifest}: no clip with raw ground truth in split {split!r}; its splits are {splits}")
+    return chosen
+
+
+def _crop_plan(source: tuple[int, int], target: tuple[int, int]) -> CropPlan:
+    """A centred crop to `target`, no resize (resampling ground truth would invent it)."""
+    return CropPlan(source, source, target, (source[0] - target[0]) // 2, (source[1] - target[1]) // 2)
+
+
+def _clip_hints(record: ClipRecord, raw: dict, depth: np.ndarray | None, size: tuple[int, int]) -> dict:
+    meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
+    near = record.depth_near or meta.get("depth_near") or (depth_near(depth) if depth is not None else 1.0)
+    max_flow = record.flow_max or meta.get("flow_max") or default_max_flow(*size)
+    return {"depth": {"near": float(near)}, "flow": {"max_flow": float(max_flow)}, "skeleton": {"size": tuple(size)}}
+
+
+def load_eval_clip(record: ClipRecord, index: int, frames: int, size: tuple[int, int] | None,
+                   modalities: Sequence[str]) -> EvalClip:
+    """Read a clip's raw ground truth and cut the first `frames` frames, centre-cropped to `size`
+    (None: the clip's own size). Raises ValueError / RawReadError for a clip that cannot be used."""
+    raw = load_raw(record.raw)
+    missing = [m for m in modalities if m not in raw]
+    if missing:
+        raise ValueError(f"{record.raw}: no raw {missing} (it has {sorted(k for k in raw if k != 'meta')})")
+    rgb = raw["rgb"] if "rgb" in raw else read_video(record.rgb)
+    total, height, width = rgb.shape[:3]
+    size = tuple(size or (height, width))
+    if total < frames or height < size[0] or width < size[1]:
+        raise ValueError(f"{record.clip_id}: {total} frames of {height}x{width}, the evaluation needs {frames} "
+                         f"frames of at least {size[0]}x{size[1]}")
+    arrays = {k: v for k, v in raw.items() if isinstance(v, np.ndarray)}
+    arrays["rgb"] = rgb
+    cut = crop_raw(arrays, np.arange(frames), total, _crop_plan((height, width), size))
+    return EvalClip(index=index, clip_id=record.clip_id, caption=record.caption, rgb=np.ascontiguousarray(cut["rgb"]),
+                    raw={m: cut[m] for m in modalities}, flow_valid=cut.get("flow_valid"),
+                    hints=_clip_hints(record, raw, cut.get("depth"), size))
+
+
+def load_eval_clips(records: Sequence[ClipRecord], frames: int, size: tuple[int, int] | None,
+                    modalities: Sequence[str]) -> tuple[list[EvalClip], dict[str, str]]:
+    """Every usable clip (cut alike; size None = the first clip's) and the skipped ones with the reason."""
+    clips, skipped = [], {}
+    for record in records:
+        try:
+            clip = load_eval_clip(record, len(clips), frames, size, modalities)
+        except (ValueError, RawReadError) as error:
+            log.warning("skipping clip %s: %s", record.clip_id, error)
+            skipped[record.clip_id] = str(error)
+            continue
+        size = size or clip.rgb.shape[1:3]
+        clips.append(clip)
+    return clips, skipped
+
+
+# ----- the pipeline ----------------------------------------------------------------------------------
+
+
+def _clip_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _estimate_uses_caption(folder: Path | None) -> bool:
+    """Whether the checkpoint's training gave estimation the caption (routing.estimate_caption in its
+    config.yaml; the paper's L_est has none, so False when unknown)."""
+    path = folder / "config.yaml" if folder else None
+    if path is None or not path.is_file():
+        return False
+    import yaml
+
+    def find(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "estimate_caption" in node:
+                return node["estimate_caption"]
+            return next((v for v in map(find, node.values()) if v is not None), None)
+        return None
+
+    try:
+        return bool(find(yaml.safe_load(path.read_text())))
+    except yaml.YAMLError:
+        return False
+
+
+@dataclass
+class _Settings:
+    steps: int
+    guidance: float | None
+    seed: int
+    batch_size: int
+    keep_videos: int
+    estimate_caption: bool
+
+
+@dataclass
+class _Session:
+    """What the task runners share: the pipeline, the clips, the settings and the collected results."""
+
+    pipe: Any
+    clips: list[EvalClip]
+    settings: _Settings
+    progress: Any
+    per_clip: list[dict] = field(default_factory=list)
+    videos: list[dict] = field(default_factory=list)
+    _reference: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    # -- running the model --
+
+    def batches(self, modality: str | None) -> Iterable[list[EvalClip]]:
+        """Clips in batches of equal decode hints (the pipeline decodes a batch with one set)."""
+        batch: list[EvalClip] = []
+        for clip in self.clips:
+            if batch and (len(batch) == self.settings.batch_size or _decode_hints(batch[0], modality)
+                          != _decode_hints(clip, modality)):
+                yield batch
+                batch = []
+            batch.append(clip)
+        if batch:
+            yield batch
+
+    def run(self, task: str, batch: list[EvalClip], modality: str | None, **inputs):
+        import torch
+
+        prompts = [c.caption for c in batch]
+        if task == "estimate" and not self.settings.estimate_caption:
+            prompts = [""] * len(batch)
+        out = self.pipe(prompt=prompts, task=task, modalities=[modality] if modality and task != "control" else (),
+                        num_inference_steps=self.settings.steps,
+                        guidance_scale=None if task == "estimate" else self.settings.guidance,
+                        generator=[torch.Generator("cpu").manual_seed(_clip_seed(self.settings.seed, c.index))
+                                   for c in batch],
+                        decode_hints={modality: _decode_hints(batch[0], modality)} if modality else None, **inputs)
+        self.progress.update()
+        return out
+
+    def estimate(self, batch: list[EvalClip], modality: str, rgb: np.ndarray) -> list[np.ndarray]:
+        return self.run("estimate", batch, modality, video=rgb).raw[modality]
+
+    # -- recording --
+
+    def record(self, task: str, modality: str, clip: EvalClip, metrics: dict[str, float],
+               baseline: dict[str, float] | None) -> None:
+        for metric, value in metrics.items():
+            base = None if baseline is None else baseline.get(metric)
+            self.per_clip.append({"task": task, "modality": modality, "clip_id": clip.clip_id, "metric": metric,
+                                  "model": _finite(value), "baseline": _finite(base)})
+
+    def keep(self, task: str, modality: str, clip: EvalClip, cells: list[tuple[str, np.ndarray]]) -> None:
+        shown = sum(1 for v in self.videos if v["task"] == task and v["modality"] == modality)
+        if shown < self.settings.keep_videos:
+            self.videos.append({"task": task, "modality": modality, "clip_id": clip.clip_id,
+                                "caption": clip.caption, "cells": [{"label": l, "frames": f} for l, f in cells]})
+
+    def reference_quality(self, clip: EvalClip) -> dict[str, float]:
+        if clip.index not in self._reference:
+            self._reference[clip.index] = video_quality(clip.rgb)
+        return self._reference[clip.index]
+
+    def unrelated(self, clip: EvalClip) -> EvalClip | None:
+        """Another clip (the next one), whose signals serve as the unrelated control."""
+        return self.clips[(clip.index + 1) % len(self.clips)] if len(self.clips) > 1 else None
+
+
+def _decode_hints(clip: EvalClip, modality: str | None) -> dict[str, Any]:
+    if modality == "depth":
+        return {"near": 1.0}  # relative depth: the metrics fit scale and shift
+    return dict(clip.hints.get(modality, {})) if modality else {}
+
+
+def _finite(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def video_quality(frames: np.ndarray) -> dict[str, float]:
+    """The weight-free quality proxies of one video; warping error along its own DIS flow."""
+    return {"frame_ssim": frame_ssim(frames), "motion_smoothness": motion_smoothness(frames),
+            "warping_error": warping_error(frames, dis_flow(frames))}
+
+
+def visualize(modality: str, raw: np.ndarray, clip: EvalClip) -> np.ndarray:
+    """The picture people expect (colourised depth, flow wheel at the clip's flow range, ...)."""
+    hints = {"flow": {"max_flow": clip.hints["flow"]["max_flow"]}, "skeleton": clip.hints["skeleton"]}
+    return get_modality(modality).visualize(raw, **hints.get(modality, {}))
+
+
+def encode_condition(modality: str, clip: EvalClip) -> np.ndarray:
+    """The clip's ground-truth modality as the video the model is conditioned on."""
+    return get_modality(modality).encode(clip.raw[modality], **clip.hints.get(modality, {}))
+
+
+# ----- the four task families ------------------------------------------------------------------------
+
+
+def run_estimate(session: _Session, modality: str) -> None:
+    for batch in session.batches(modality):
+        predictions = session.estimate(batch, modality, np.stack([c.rgb for c in batch]))
+        for clip, pred in zip(batch, predictions):
+            gt, options = clip.raw[modality], clip.metric_options(modality)
+            trivial = trivial_baseline(modality, gt, clip.rgb)
+            session.record("estimate", modality, clip, modality_metrics(modality, pred, gt, **options),
+                           modality_metrics(modality, trivial, gt, **options))
+            session.keep("estimate", modality, clip, [("GT RGB", clip.rgb),
+                                                      (f"GT {modality}", visualize(modality, gt, clip)),
+                                                      (f"estimated {modality}", visualize(modality, pred, clip))])
+
+
+def _flow_teacher(rgb: np.ndarray, flow: np.ndarray, valid: np.ndarray | None) -> dict[str, float]:
+    metrics = flow_metrics(dis_flow(rgb), flow, valid)
+    return {DIS_PREFIX + k: v for k, v in metrics.items()}
+
+
+def run_control(session: _Session, modality: str, reestimate: bool) -> None:
+    for batch in session.batches(modality):
+        condition = np.stack([encode_condition(modality, c) for c in batch])
+        generated = session.run("control", batch, modality, conditions={modality: condition}).frames["rgb"]
+        estimates = session.estimate(batch, modality, generated) if reestimate else [None] * len(batch)
+        for clip, rgb, estimate in zip(batch, generated, estimates):
+            other = session.unrelated(clip)
+            model, baseline = {}, {}
+            if estimate is not None:
+                model = control_agreement(modality, clip.raw[modality], estimate, **clip.metric_options(modality))
+                if other is not None:
+                    baseline = control_agreement(modality, other.raw[modality], estimate,
+                                                 **other.metric_options(modality))
+            if modality == "flow":
+                model |= _flow_teacher(rgb, clip.raw["flow"], clip.flow_valid)
+                if other is not None:
+                    baseline |= _flow_teacher(rgb, other.raw["flow"], other.flow_valid)
+            session.record("control", modality, clip, model, baseline if other is not None else None)
+            session.record("control", modality, clip, video_quality(rgb), session.reference_quality(clip))
+            cells = [(f"control: {modality}", visualize(modality, clip.raw[modality], clip)), ("generated RGB", rgb)]
+            if estimate is not None:
+                cells.append((f"re-estimated {modality}", visualize(modality, estimate, clip)))
+            session.keep("control", modality, clip, cells + [("GT RGB", clip.rgb)])
+
+
+def run_joint(session: _Session, modality: str, reestimate: bool) -> None:
+    generated: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for batch in session.batches(modality):
+        out = session.run("joint", batch, modality)
+        for clip, rgb, raw in zip(batch, out.frames["rgb"], out.raw[modality]):
+            generated[clip.index] = (rgb, raw)
+    for batch in session.batches(modality):  # score once every clip's joint sample exists
+        rgbs = np.stack([generated[c.index][0] for c in batch])
+        estimates = session.estimate(batch, modality, rgbs) if reestimate else [None] * len(batch)
+        for clip, estimate in zip(batch, estimates):
+            rgb, raw = generated[clip.index]
+            other = session.unrelated(clip)
+            other_raw = generated[other.index][1] if other is not None else None
+            model, baseline = {}, {}
+            if estimate is not None:
+                model = control_agreement(modality, raw, estimate)
+                if other is not None:
+                    baseline = control_agreement(modality, other_raw, estimate)
+            if modality == "flow":
+                model |= _flow_teacher(rgb, raw, None)
+                if other is not None:
+                    baseline |= _flow_teacher(rgb, other_raw, None)
+            session.record("joint", modality, clip, model, baseline if other is not None else None)
+            session.record("joint", modality, clip, video_quality(rgb), session.reference_quality(clip))
+            cells = [("generated RGB", rgb), (f"generated {modality}", visualize(modality, raw, clip))]
+            if estimate is not None:
+                cells.append((f"re-estimated {modality}", visualize(modality, estimate, clip)))
+            session.keep("joint", modality, clip, cells)
+
+
+def run_t2v(session: _Session) -> None:
+    for batch in session.batches(None):
+        for clip, rgb in zip(batch, session.run("t2v", batch, None).frames["rgb"]):
+            session.record("t2v", "rgb", clip, video_quality(rgb), session.reference_quality(clip))
+            session.keep("t2v", "rgb", clip, [("generated RGB", rgb), ("GT RGB (same caption)", clip.rgb)])
+
+
+# ----- aggregation and files -------------------------------------------------------------------------
+
+
+def aggregate(per_clip: Sequence[dict]) -> list[dict]:
+    """Mean over clips per (task, modality, metric), NaN/None skipped; rows in first-seen order."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for entry in per_clip:
+        groups.setdefault((entry["task"], entry["modality"], entry["metric"]), []).append(entry)
+
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    return [{"task": task, "modality": modality, "metric": metric,
+             "model": mean([e["model"] for e in entries]), "baseline": mean([e["baseline"] for e in entries]),
+             "higher_is_better": higher_is_better(metric)}
+            for (task, modality, metric), entries in groups.items()]
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """task | modality | metric | model | baseline | better? — one line per row."""
+    lines = ["| task | modality | metric | model | baseline | better? |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        better = {True: "yes", False: "no", None: "–"}[is_better(row)]
+        baseline = _number(row["baseline"])
+        if row["baseline"] is not None:
+            baseline += f" ({baseline_kind(row['task'], row['metric'])})"
+        lines.append(f"| {row['task']} | {row['modality']} | {row['metric']} {arrow} | {_number(row['model'])} | "
+                     f"{baseline} | {better} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rows(task: str, rows: Sequence[dict]) -> list[dict]:
+    """The rows a task's bar chart shows: each modality's primary metric (t2v: the quality proxies)."""
+    if task == "t2v":
+        return [r for r in rows if r["task"] == task]
+    return [r for r in rows if r["task"] == task and r["modality"] in PRIMARY_METRIC
+            and r["metric"] == PRIMARY_METRIC[r["modality"]][0]]
+
+
+def plot_task(task: str, rows: Sequence[dict], path: Path) -> Path | None:
+    """Bar charts, one panel per (modality, metric) with its own scale: model vs baseline. None when the
+    task has no rows to show."""
+    shown = plot_rows(task, rows)
+    if not shown:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"trivial": "trivial baseline", "unrelated": "unrelated control", "reference": "GT video"}
+    baseline_label = names[baseline_kind(task, shown[0]["metric"])]
+    fig, axes = plt.subplots(1, len(shown), figsize=(0.4 + 1.45 * len(shown), 2.6), dpi=110, squeeze=False)
+    for ax, row in zip(axes[0], shown):
+        values = [row["model"], row["baseline"]]
+        bars = ax.bar([0, 1], [v if v is not None else 0.0 for v in values], 0.7, color=["#3b6fb6", "#b0b0b0"])
+        for bar, value in zip(bars, values):
+            ax.annotate(_number(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+        ax.set_xticks([0, 1], ["model", "base"], fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(f"{row['modality']}\n{row['metric']} {'↑' if row['higher_is_better'] else '↓'}", fontsize=8)
+        ax.margins(y=0.15)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(f"{task}: model (blue) vs {baseline_label} (grey)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_videos(path: Path, videos: Sequence[dict]) -> Path:
+    """The kept videos as PATH (.json index: task, modality, clip, caption, cell labels) + PATH.npz (frames)."""
+    arrays, index = {}, []
+    for i, panel in enumerate(videos):
+        cells = []
+        for j, cell in enumerate(panel["cells"]):
+            key = f"v{i:03d}_c{j}"
+            arrays[key] = np.asarray(cell["frames"], np.uint8)
+            cells.append({"label": cell["label"], "key": key})
+        index.append({**{k: panel[k] for k in ("task", "modality", "clip_id", "caption")}, "cells": cells})
+    path.write_text(json.dumps(index, indent=1))
+    np.savez_compressed(path.with_suffix(".npz"), **arrays)
+    return path
+
+
+def load_videos(path: str | Path) -> list[dict]:
+    """What `save_videos` wrote, cells with their frames (uint8 (F, H, W, 3))."""
+    path = Path(path)
+    index = json.loads(path.read_text())
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
+        for panel in index:
+            for cell in panel["cells"]:
+                cell["frames"] = arrays[cell.pop("key")]
+    return index
+
+
+def write_results(out_dir: Path, rows: Sequence[dict], per_clip: Sequence[dict], settings: dict,
+                  videos: Sequence[dict], name: str = "results") -> dict[str, Path]:
+    """NAME.json, NAME.md, NAME.per_clip.json, NAME.<task>.png, NAME.videos.json/.npz in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"rows": out_dir / f"{name}.json", "table": out_dir / f"{name}.md",
+             "per_clip": out_dir / f"{name}.per_clip.json", "videos": out_dir / f"{name}.videos.json"}
+    paths["rows"].write_text(json.dumps(list(rows), indent=1) + "\n")
+    paths["table"].write_text(markdown_table(rows))
+    paths["per_clip"].write_text(json.dumps({"settings": settings, "per_clip": list(per_clip)}, indent=1) + "\n")
+    save_videos(paths["videos"], videos)
+    for task in EVAL_TASKS:
+        plot = plot_task(task, rows, out_dir / f"{name}.{task}.png")
+        if plot is not None:
+            paths[f"plot_{task}"] = plot
+    return paths
+
+
+# ----- the entry point -------------------------------------------------------------------------------
+
+
+def _check_request(tasks: Sequence[str], modalities: Sequence[str] | None, spec) -> tuple[list[str], list[str]]:
+    """The tasks and modalities to run; explicit requests the checkpoint cannot serve are errors."""
+    unknown = [t for t in tasks if t not in EVAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {', '.join(EVAL_TASKS)}")
+    learned_modalities = list(spec.modalities) if spec else list(MODALITY_NAMES)
+    chosen = learned_modalities if modalities is None else [canonical_name(m) for m in modalities]
+    if "rgb" in chosen:
+        raise ValueError("'rgb' is not a modality to evaluate; name depth, flow, segmentation, skeleton or densepose")
+    not_learned = [m for m in chosen if m not in learned_modalities]
+    if not_learned:
+        raise ValueError(f"modalities {not_learned}: the checkpoint has not learned them; "
+                         f"it knows {learned_modalities}")
+    learned_tasks = list(spec.tasks) if spec and spec.tasks else list(EVAL_TASKS)
+    missing = [t for t in tasks if t not in learned_tasks]
+    if missing:
+        raise ValueError(f"tasks {missing}: the checkpoint was trained for {learned_tasks} only; "
+                         f"pass --tasks {' '.join(t for t in tasks if t in learned_tasks)}")
+    if not chosen and any(t != "t2v" for t in tasks):
+        raise ValueError("no modality to evaluate: the checkpoint lists none; pass --modalities or --tasks t2v")
+    return list(dict.fromkeys(tasks)), list(dict.fromkeys(chosen))
+
+
+def _load_spec(checkpoint) -> tuple[Any, Path | None]:
+    from unityvideo.models.checkpoint import load_checkpoint_spec
+
+    if isinstance(checkpoint, (str, Path)):
+        return load_checkpoint_spec(checkpoint), Path(checkpoint)
+    return checkpoint.spec, None
+
+
+def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | Path,
+             tasks: Sequence[str] = EVAL_TASKS, modalities: Sequence[str] | None = None,
+             clips: int | None = None, steps: int = 30, guidance: float | None = None, seed: int = 0,
+             split: str | None = None, batch_size: int = 4, keep_videos: int = 2, device: str | None = None,
+             dtype: str = "float32", name: str = "results") -> list[dict]:
+    """Run the benchmark and write its files (see the module doc); returns the metric rows.
+
+    checkpoint_or_pipeline: a checkpoint folder or a UnityVideoPipeline. data_manifest: a dataset folder
+    or manifest; its rows with raw ground truth are used (split: default 'test' when present).
+    modalities: default those the checkpoint learned. clips: the first N usable clips (None: all).
+    steps / guidance: sampling steps and text guidance of the generative tasks (None: the pipeline's
+    defaults; estimation runs without guidance). Clips are cut to the checkpoint's frames and size
+    (centre crop, no resize). device: None = cuda when available.
+    """
+    start = time.perf_counter()
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if clips is not None and clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    spec, folder = _load_spec(checkpoint_or_pipeline)
+    tasks, modalities = _check_request(tasks, modalities, spec)
+    manifest = resolve_manifest(data_manifest)
+    records = select_records(manifest, split)
+    frames = spec.frames if spec else None
+    if frames is None:
+        raise ValueError("the pipeline has no checkpoint spec: load it with UnityVideoPipeline.from_pretrained")
+    eval_clips, skipped = load_eval_clips(records[:clips] if clips else records, frames,
+                                          tuple(spec.size) if spec else None, modalities)
+    if not eval_clips:
+        raise ValueError(f"{manifest}: none of the {len(records)} clips can be evaluated "
+                         f"({next(iter(skipped.values()))})")
+
+    pipe = _pipeline(checkpoint_or_pipeline, device, dtype)
+    settings = _Settings(steps, guidance, seed, max(1, batch_size), keep_videos, _estimate_uses_caption(folder))
+    reestimate = "estimate" in (spec.tasks or EVAL_TASKS)
+    from tqdm.auto import tqdm
+
+    units = _count_units(tasks, modalities, len(eval_clips), settings.batch_size, reestimate)
+    with tqdm(total=units, desc="eval", unit="batch") as progress:
+        session = _Session(pipe, eval_clips, settings, progress)
+        for task in tasks:
+            for modality in ([None] if task == "t2v" else modalities):
+                progress.set_description(f"eval {task}" + (f" {modality}" if modality else ""))
+                if task == "estimate":
+                    run_estimate(session, modality)
+                elif task == "control":
+                    run_control(session, modality, reestimate)
+                elif task == "joint":
+                    run_joint(session, modality, reestimate)
+                else:
+                    run_t2v(session)
+    rows = aggregate(session.per_clip)
+    info = {"checkpoint": str(folder) if folder else None, "step": getattr(spec, "step", None),
+            "data": str(manifest), "clips": [c.clip_id for c in eval_clips], "skipped": skipped,
+            "tasks": tasks, "modalities": modalities, "frames": frames, "size": list(eval_clips[0].rgb.shape[1:3]),
+            "steps": steps, "guidance": guidance, "seed": seed, "estimate_caption": settings.estimate_caption,
+            "wall_s": round(time.perf_counter() - start, 2)}
+    write_results(Path(out_dir), rows, session.per_clip, info, session.videos, name)
+    return rows
+
+
+def _count_units(tasks, modalities, n_clips, batch_size, reestimate) -> int:
+    """Pipeline calls, for the progress bar (an estimate when batches split on differing hints)."""
+    batches = math.ceil(n_clips / batch_size)
+    per_task = {"estimate": 1, "control": 1 + reestimate, "joint": 1 + reestimate, "t2v": 1}
+    return sum(batches * per_task[t] * (1 if t == "t2v" else len(modalities)) for t in tasks)
+
+
+def _pipeline(checkpoint_or_pipeline, device: str | None, dtype: str):
+    import torch
+
+    from unityvideo.pipeline import UnityVideoPipeline
+
+    if isinstance(checkpoint_or_pipeline, UnityVideoPipeline):
+        pipe = checkpoint_or_pipeline
+    else:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = UnityVideoPipeline.from_pretrained(checkpoint_or_pipeline, torch_dtype=getattr(torch, dtype),
+                                                  device=device)
+    pipe.set_progress_bar_config(disable=True)  # one bar for the whole benchmark
+    return pipe

@@ -1,0 +1,184 @@
+"""`unityvideo eval` and the report: every task on a 2-clip world test split with a tiny random checkpoint,
+the row schema and baselines, the files beside the results, fixed seeds, and clear errors before any work."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unityvideo import cli
+from unityvideo.data import read_manifest, write_manifest
+from unityvideo.eval.metrics import PRIMARY_METRIC
+from unityvideo.eval.report import screenshot_report, find_chromium, save_animation, write_report
+from unityvideo.eval.runner import EVAL_TASKS, QUALITY_METRICS, evaluate, is_better, load_videos
+from unityvideo.modalities import MODALITY_NAMES
+from unityvideo.models import UnityVideoTransformer
+from unityvideo.models.checkpoint import CheckpointSpec
+from unityvideo.pipeline import UnityVideoPipeline
+from unityvideo.world.export import ExportSpec, export_world
+
+F, H, W = 8, 32, 32
+ROW_KEYS = {"task", "modality", "metric", "model", "baseline", "higher_is_better"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = UnityVideoTransformer.from_preset("tiny", num_layers=1)
+    with torch.no_grad():
+        model.modality_table.normal_(0, 0.5)
+    model.save_pretrained(folder / "transformer")
+    CheckpointSpec(modalities=list(MODALITY_NAMES), tasks=list(EVAL_TASKS), frames=F, size=(H, W), fps=8,
+                   shift=3.0).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    export_world(ExportSpec(out=out, clips=2, frames=F, size=(H, W), split="test", workers=1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(checkpoint, world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "results.json"
+    code = cli.main(["eval", "--checkpoint", str(checkpoint), "--data", str(world), "--out", str(out),
+                     "--steps", "2", "--device", "cpu", "--note", "training=random weights"])
+    assert code == 0
+    return out
+
+
+def eval_cli(*argv) -> int:
+    return cli.main(["eval", *map(str, argv)])
+
+
+def test_rows_cover_every_task_with_the_right_schema(results):
+    rows = json.loads(results.read_text())
+    assert rows and all(set(row) == ROW_KEYS for row in rows)
+    assert {row["task"] for row in rows} == set(EVAL_TASKS)
+    by_key = {(r["task"], r["modality"], r["metric"]): r for r in rows}
+    for modality, (metric, higher) in PRIMARY_METRIC.items():
+        row = by_key[("estimate", modality, metric)]  # model vs the trivial baseline
+        assert row["higher_is_better"] is higher and row["baseline"] is not None
+        assert row["model"] is None or np.isfinite(row["model"])
+        assert ("control", modality, metric) in by_key and ("joint", modality, metric) in by_key
+        for task in ("control", "joint"):  # quality proxies vs the GT video
+            assert all(by_key[(task, modality, q)]["baseline"] is not None for q in QUALITY_METRICS)
+    assert by_key[("control", "flow", "dis_epe")]["baseline"] is not None  # the independent DIS teacher
+    assert by_key[("control", "depth", "abs_rel")]["baseline"] is not None  # an unrelated clip's control
+    t2v = [r for r in rows if r["task"] == "t2v"]
+    assert [r["metric"] for r in t2v] == list(QUALITY_METRICS) and all(r["modality"] == "rgb" for r in t2v)
+    assert all(r["baseline"] is not None for r in t2v)
+
+
+def test_table_plots_and_per_clip_file(results):
+    rows = json.loads(results.read_text())
+    table = results.with_suffix(".md").read_text().splitlines()
+    assert table[0] == "| task | modality | metric | model | baseline | better? |"
+    assert len(table) == 2 + len(rows)
+    for task in EVAL_TASKS:
+        with Image.open(results.with_name(f"results.{task}.png")) as image:
+            assert image.format == "PNG"
+    per_clip = json.loads(results.with_name("results.per_clip.json").read_text())
+    assert per_clip["settings"]["clips"] == ["test-00000", "test-00001"] and per_clip["settings"]["steps"] == 2
+    depth = [e for e in per_clip["per_clip"]
+             if (e["task"], e["modality"], e["metric"]) == ("estimate", "depth", "abs_rel")]
+    assert [e["clip_id"] for e in depth] == ["test-00000", "test-00001"]
+
+
+def test_report_links_only_existing_animated_images(results):
+    html = results.with_name("report.html").read_text()
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', html)
+    assert sources and "training" in html and "random weights" in html
+    for source in sources:
+        assert (results.parent / source).is_file(), source
+    videos = [s for s in sources if s.startswith("media/")]
+    assert len(videos) >= 2 * (3 + 3 + 3) + 2  # estimate: 3 cells, control >= 3, joint >= 2, t2v: 2
+    with Image.open(results.parent / videos[0]) as image:
+        assert image.n_frames == F and min(image.size) >= 128
+    panels = load_videos(results.with_name("results.videos.json"))
+    assert {p["task"] for p in panels} == set(EVAL_TASKS)
+    assert [c["label"] for c in panels[0]["cells"]] == ["GT RGB", "GT depth", "estimated depth"]
+    assert all(c["frames"].dtype == np.uint8 and c["frames"].shape == (F, H, W, 3)
+               for p in panels for c in p["cells"])
+
+
+def test_seeds_are_per_clip_so_batching_does_not_change_results(checkpoint, world, tmp_path):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+    run = lambda batch, seed: evaluate(pipe, world, tmp_path / f"{batch}-{seed}", tasks=["t2v"], steps=2,
+                                       seed=seed, batch_size=batch)
+    together, alone, other = run(2, 0), run(1, 0), run(2, 1)
+    assert [r["model"] for r in together] == pytest.approx([r["model"] for r in alone], abs=1e-6)
+    assert [r["model"] for r in together] != [r["model"] for r in other]
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the request was checked")
+
+    monkeypatch.setattr(UnityVideoPipeline, "from_pretrained", refuse)
+
+
+def test_errors_before_any_work(checkpoint, world, tmp_path, no_model, capsys):
+    records = read_manifest(world / "manifest.csv")
+    for record in records:
+        record.raw = None
+    no_raw = write_manifest(tmp_path / "no-raw.csv", records)
+    out = tmp_path / "r.json"
+    cases = [
+        (["--checkpoint", checkpoint, "--data", no_raw], "no row has raw ground truth"),
+        (["--checkpoint", checkpoint, "--data", world, "--modalities", "colour"], "unknown modality"),
+        (["--checkpoint", tmp_path / "missing", "--data", world], "does not exist"),
+        (["--checkpoint", checkpoint, "--data", tmp_path / "nowhere"], "no such file or folder"),
+        (["--checkpoint", checkpoint, "--data", world, "--split", "train"], "split 'train'"),
+        (["--checkpoint", checkpoint, "--data", world, "--tasks", "paint"], "unknown tasks"),
+    ]
+    for argv, message in cases:
+        assert eval_cli(*argv, "--out", out) == 2
+        assert message in capsys.readouterr().err
+    assert eval_cli("--checkpoint", checkpoint, "--data", world, "--out", tmp_path / "r.csv") == 2
+    assert not out.exists()
+
+
+def test_modalities_and_tasks_the_checkpoint_lacks(tmp_path, world, no_model, capsys):
+    folder = tmp_path / "ckpt"
+    UnityVideoTransformer.from_preset("tiny", num_layers=1).save_pretrained(folder / "transformer")
+    CheckpointSpec(modalities=["depth"], tasks=["estimate"], frames=F, size=(H, W)).save(folder)
+    assert eval_cli("--checkpoint", folder, "--data", world, "--out", tmp_path / "r.json", "--modalities", "flow") == 2
+    assert "has not learned" in capsys.readouterr().err
+    assert eval_cli("--checkpoint", folder, "--data", world, "--out", tmp_path / "r.json", "--tasks", "joint") == 2
+    assert "trained for ['estimate'] only" in capsys.readouterr().err
+
+
+def test_write_report_standalone(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
+    rows = [{"task": "estimate", "modality": "depth", "metric": "abs_rel", "model": 0.1, "baseline": 0.3,
+             "higher_is_better": False},
+            {"task": "estimate", "modality": "flow", "metric": "epe", "model": 2.0, "baseline": 1.0,
+             "higher_is_better": False}]
+    assert [is_better(r) for r in rows] == [True, False]
+    videos = [{"task": "estimate", "modality": "depth", "clip_id": "c<0>", "caption": "a & b",
+               "cells": [{"label": "GT RGB", "frames": frames}]}]
+    loss = save_animation(tmp_path / "elsewhere.gif", frames)  # any image stands in for the loss curve
+    page = write_report(tmp_path / "report", rows, videos, loss_curve_png=loss, notes={"steps": 10})
+    html = page.read_text()
+    assert "c&lt;0&gt;" in html and "a &amp; b" in html and "<script" not in html and "http" not in html
+    assert 'class="num better"' in html and 'class="num worse"' in html
+    for source in re.findall(r'src="([^"]+)"', html):
+        assert (page.parent / source).is_file()
+    with Image.open(next((page.parent / "media").iterdir())) as image:
+        assert image.n_frames == 3 and image.size == (24 * 8, 16 * 8)  # nearest upscale to >= 128 px
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed")
+def test_screenshot_report(results, tmp_path):
+    png = screenshot_report(results.with_name("report.html"), tmp_path / "shot.png", height=800)
+    with Image.open(png) as image:
+        assert image.size == (1280, 800)
+        assert len(np.unique(np.asarray(image.convert("L")))) > 10  # rendered content, not a blank page
