@@ -106,8 +106,19 @@ class RAFTFlow(_TorchFlow):
             return
         raise TeacherUnavailable(f"--flow-model {path}: the weights fit neither RAFT architecture ({'; '.join(errors)})")
 
+    MIN_SIDE = 128  # RAFT's correlation pyramid needs feature maps of at least 16 (= 128 px / 8)
+
     def _forward(self, first, second):
-        return self._net(first, second, num_flow_updates=self.iterations)[-1]
+        import torch.nn.functional as F
+
+        scale = -(-self.MIN_SIDE // min(first.shape[-2:]))  # integer upscaling keeps sides multiples of 8
+        if scale > 1:
+            first, second = (F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+                             for x in (first, second))
+        flow = self._net(first, second, num_flow_updates=self.iterations)[-1]
+        if scale > 1:  # back to the input grid, in input pixels
+            flow = F.avg_pool2d(flow, scale) / scale
+        return flow
 
 
 class TorchScriptFlow(_TorchFlow):
