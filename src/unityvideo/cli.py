@@ -11,6 +11,7 @@ import sys
 COMMAND_MODULES = (
     "unityvideo.world.cli",
     "unityvideo.annotate.cli",
+    "unityvideo.training.cli",
     "unityvideo.pipeline_cli",
     "unityvideo.eval.cli",
 )

@@ -1,0 +1,289 @@
+"""Flow matching and UnityVideo's task routing (dynamic noise), as small separate pieces.
+
+- `FlowPath`: x_t = (1 - t) x_0 + t eps, target velocity v = eps - x_0 (t = 1 is noise).
+- `TimestepSampler`: uniform or logit-normal t, then Wan's shift t' = s t / (1 + (s - 1) t).
+- `RoutingConfig` + `draw_route`: per sample, a task (control / estimate / joint / t2v), a modality and a
+  timestep per stream. Condition streams get t = 0 (clean), target streams a sampled t.
+- `route_batch`: noisy inputs, per-stream targets and loss weights as model `Stream`s, grouped by
+  modality (one model call per group; tasks mix freely inside a group since every stream has a
+  per-sample timestep).
+- `flow_loss`: per-sample MSE over the noisy streams only.
+
+The paper's three losses, in this notation (r = RGB latent, m = modality latent, c = caption):
+
+    control   L_cond  = || u(r_t, [m_0, c], t)  - v_r ||^2      rgb noisy, modality clean
+    estimate  L_est   = || u(m_t, r_0, t)       - v_m ||^2      modality noisy, rgb clean
+    joint     L_joint = || u([r_t, m_t], c, t)  - [v_r, v_m] ||^2  both noisy, each its own t
+    t2v       plain flow matching on r alone (no modality stream)
+
+Every random draw of a sample comes from a generator seeded by (seed, global sample number), so a
+sample gets the same task, timesteps, dropout and noise whatever the number of processes, micro-batch
+size or resume point: that is what makes multi-process and resumed runs reproduce single-process ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .models.transformer import RGB, Stream
+
+TASKS = ("control", "estimate", "joint", "t2v")
+TIMESTEP_SAMPLERS = ("uniform", "logit_normal")
+
+# Text encoder: list of strings -> (features (B, L, D), mask (B, L)).
+EncodeText = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+# ----- path ---------------------------------------------------------------------------------------
+
+
+class FlowPath:
+    """The straight (rectified-flow) path between data x_0 (t = 0) and noise eps (t = 1)."""
+
+    @staticmethod
+    def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 - t) x_0 + t eps, with t (B,) broadcast over the other dims."""
+        t = _per_sample(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    @staticmethod
+    def velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """d x_t / dt = eps - x_0, the regression target."""
+        return noise - x0
+
+
+def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# ----- timesteps ----------------------------------------------------------------------------------
+
+
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan / SD3 timestep shift: s t / (1 + (s - 1) t); s > 1 spends more steps near noise."""
+    if shift == 1.0:
+        return t
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@dataclass
+class TimestepSampler:
+    """t in [0, 1]: `uniform`, or `logit_normal` (sigmoid of N(mean, std), SD3's choice), then shifted."""
+
+    kind: str = "logit_normal"
+    mean: float = 0.0
+    std: float = 1.0
+    shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TIMESTEP_SAMPLERS:
+            raise ValueError(f"timesteps.kind={self.kind!r}; choose one of {TIMESTEP_SAMPLERS}")
+        if self.std <= 0 or self.shift <= 0:
+            raise ValueError(f"timesteps: std ({self.std}) and shift ({self.shift}) must be positive")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.kind == "uniform":
+            t = torch.rand(n, generator=generator)
+        else:
+            t = torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator))
+        return shift_timesteps(t, self.shift)
+
+
+# ----- routing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoutingConfig:
+    """How each training sample is turned into a task.
+
+    tasks: probability of each task (normalised; the paper's order p_control < p_estimate < p_joint).
+    modalities: sampling weight of each modality (normalised); the curriculum sets it per stage.
+    tie_joint_timesteps: joint generation with one t for both streams (the authors' code) instead
+        of independent t per stream (the paper's dynamic noise).
+    caption_dropout: probability of an empty caption (classifier-free guidance on the text).
+    prompt_dropout: probability of an empty modality prompt (guidance on the in-context prompt).
+    estimate_caption: give the RGB condition of `estimate` its caption (the paper's L_est has none).
+    modality_prompt_template: how a modality prompt is written, e.g. "a video of {prompt}".
+    """
+
+    tasks: dict[str, float] = field(default_factory=lambda: {"control": 0.2, "estimate": 0.3, "joint": 0.5,
+                                                             "t2v": 0.0})
+    modalities: dict[str, float] = field(default_factory=lambda: {"depth": 1.0, "flow": 1.0, "densepose": 1.0})
+    timesteps: TimestepSampler = field(default_factory=TimestepSampler)
+    tie_joint_timesteps: bool = False
+    caption_dropout: float = 0.1
+    prompt_dropout: float = 0.1
+    estimate_caption: bool = False
+    modality_prompt_template: str = "{prompt}"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.timesteps, dict):
+            self.timesteps = TimestepSampler(**self.timesteps)
+        _check_weights("tasks", self.tasks, TASKS)
+        from .modalities import MODALITY_NAMES
+        _check_weights("modalities", self.modalities, MODALITY_NAMES, allow_empty=self.only_t2v)
+        for name in ("caption_dropout", "prompt_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+
+    @property
+    def only_t2v(self) -> bool:
+        return all(p == 0 for task, p in self.tasks.items() if task != "t2v")
+
+    def modality_prompt(self, modality: str) -> str:
+        from .modalities import get_modality
+        return self.modality_prompt_template.format(prompt=get_modality(modality).prompt)
+
+
+def _check_weights(name: str, weights: dict[str, float], valid: Sequence[str], allow_empty: bool = False) -> None:
+    unknown = sorted(set(weights) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown {unknown}; valid names are {list(valid)}")
+    if any(w < 0 or not math.isfinite(w) for w in weights.values()):
+        raise ValueError(f"{name}: weights must be finite and >= 0, got {weights}")
+    if sum(weights.values()) <= 0 and not allow_empty:
+        raise ValueError(f"{name}: at least one weight must be positive, got {weights}")
+
+
+@dataclass
+class Route:
+    """One sample's draw: its task, modality (None for t2v), per-stream t and dropout decisions."""
+
+    task: str
+    modality: str | None
+    t_rgb: float
+    t_modality: float
+    drop_caption: bool
+    drop_prompt: bool
+
+    @property
+    def noisy_rgb(self) -> bool:
+        return self.task != "estimate"
+
+    @property
+    def noisy_modality(self) -> bool:
+        return self.task in ("estimate", "joint")
+
+
+def sample_generator(seed: int, sample: int) -> torch.Generator:
+    """The generator of global sample number `sample` (independent of processes and batching)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(sample)) % (2**63 - 1))
+
+
+def _choice(weights: dict[str, float], generator: torch.Generator) -> str:
+    names = list(weights)
+    probs = torch.tensor([float(weights[n]) for n in names], dtype=torch.float64)
+    return names[int(torch.multinomial(probs / probs.sum(), 1, generator=generator))]
+
+
+def draw_route(config: RoutingConfig, generator: torch.Generator) -> Route:
+    """Pick a task, a modality and timesteps for one sample. The draws always happen in the same
+    order and number, so a sample's noise (drawn next from the same generator) does not depend on
+    which task it got."""
+    task = _choice(config.tasks, generator)
+    modality = _choice(config.modalities, generator) if config.modalities and sum(config.modalities.values()) > 0 else None
+    t_rgb, t_mod = config.timesteps.sample(2, generator).tolist()
+    drop_caption, drop_prompt = (torch.rand(2, generator=generator) < torch.tensor(
+        [config.caption_dropout, config.prompt_dropout])).tolist()
+    if task == "t2v":
+        modality = None
+    elif modality is None:
+        raise ValueError(f"task {task!r} needs a modality but the modality weights are all zero")
+    if task == "joint" and config.tie_joint_timesteps:
+        t_mod = t_rgb
+    return Route(task=task, modality=modality,
+                 t_rgb=t_rgb if task != "estimate" else 0.0,
+                 t_modality=t_mod if task in ("estimate", "joint") else 0.0,
+                 drop_caption=bool(drop_caption), drop_prompt=bool(drop_prompt))
+
+
+@dataclass
+class RoutedGroup:
+    """Samples of a batch that share one model call: same modality (or none, for t2v).
+
+    indices: positions of the group's samples in the batch.
+    streams: model inputs (rgb first, then the modality stream if any).
+    targets: per-stream velocity targets.
+    weights: per-stream (B_group,) loss weights: 1 where the stream is noisy (a target), 0 where it
+        is a clean condition (its output is not a prediction and does not count).
+    """
+
+    modality: str | None
+    indices: list[int]
+    tasks: list[str]
+    streams: list[Stream]
+    targets: list[torch.Tensor]
+    weights: list[torch.Tensor]
+
+
+def group_key(route: Route) -> str:
+    return route.modality or RGB
+
+
+def route_batch(
+    config: RoutingConfig,
+    routes: Sequence[Route],
+    rgb: torch.Tensor,
+    modality_latents: Sequence[torch.Tensor | None],
+    noises: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    captions: Sequence[str],
+    encode_text: EncodeText,
+) -> list[RoutedGroup]:
+    """Build each group's noisy streams, targets and loss weights.
+
+    rgb: (B, C, F, H, W) clean RGB latents; modality_latents[i]: (C, F, H, W) clean latent of sample
+    i's modality (None for t2v); noises[i]: (rgb noise, modality noise or None).
+    """
+    order: dict[str, list[int]] = {}
+    for i, route in enumerate(routes):
+        order.setdefault(group_key(route), []).append(i)
+    return [_build_group(config, [routes[i] for i in idx], idx, rgb[idx],
+                         [modality_latents[i] for i in idx], [noises[i] for i in idx],
+                         [captions[i] for i in idx], encode_text)
+            for idx in order.values()]
+
+
+def _build_group(config, routes, indices, rgb, mod_latents, noises, captions, encode_text) -> RoutedGroup:
+    modality = routes[0].modality
+    t_rgb = torch.tensor([r.t_rgb for r in routes])
+    rgb_noise = torch.stack([n[0] for n in noises]).to(rgb)
+    caption_texts = [_caption_text(config, r, c) for r, c in zip(routes, captions)]
+    context, mask = encode_text(caption_texts)
+    streams = [Stream(RGB, FlowPath.interpolate(rgb, rgb_noise, t_rgb), t_rgb, context, mask)]
+    targets = [FlowPath.velocity(rgb, rgb_noise)]
+    weights = [torch.tensor([float(r.noisy_rgb) for r in routes])]
+    if modality is not None:
+        m0 = torch.stack(list(mod_latents)).to(rgb)
+        m_noise = torch.stack([n[1] for n in noises]).to(rgb)
+        t_mod = torch.tensor([r.t_modality for r in routes])
+        prompts = ["" if r.drop_prompt else config.modality_prompt(modality) for r in routes]
+        context, mask = encode_text(prompts)
+        streams.append(Stream(modality, FlowPath.interpolate(m0, m_noise, t_mod), t_mod, context, mask))
+        targets.append(FlowPath.velocity(m0, m_noise))
+        weights.append(torch.tensor([float(r.noisy_modality) for r in routes]))
+    return RoutedGroup(modality=modality, indices=list(indices), tasks=[r.task for r in routes],
+                       streams=streams, targets=targets, weights=weights)
+
+
+def _caption_text(config: RoutingConfig, route: Route, caption: str) -> str:
+    if route.drop_caption or (route.task == "estimate" and not config.estimate_caption):
+        return ""
+    return caption
+
+
+def flow_loss(predictions: Sequence[torch.Tensor], group: RoutedGroup) -> torch.Tensor:
+    """Per-sample loss (B_group,): the MSE over the sample's noisy streams only (joint: the mean
+    over both streams, i.e. || [u_r, u_m] - [v_r, v_m] ||^2 per element)."""
+    total = torch.zeros(len(group.indices), dtype=torch.float32, device=predictions[0].device)
+    count = torch.zeros_like(total)
+    for pred, target, weight in zip(predictions, group.targets, group.weights):
+        weight = weight.to(total.device)
+        mse = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        # where() rather than a product, so a clean stream's output never enters the loss, not even 0 * nan
+        total = total + torch.where(weight > 0, mse * weight, torch.zeros_like(mse))
+        count = count + weight
+    return total / count.clamp_min(1.0)

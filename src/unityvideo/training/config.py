@@ -1,0 +1,286 @@
+"""Training configs: dataclasses, loaded from YAML and overridden with dotted `key=value` pairs.
+
+    config = load_config("configs/tiny-world.yaml", ["optim.lr=3e-4", "train.batch_size=16"])
+
+Unknown keys are errors that name the key and list the valid ones. Values in overrides are parsed
+as YAML (`train.steps=10`, `routing.tasks={control: 1}`, `data.world=null`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..flow import TASKS, RoutingConfig, TimestepSampler
+
+PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class WorldData:
+    """A procedural world to render (once) into `cache` (default: DIR/world inside the run folder)."""
+
+    clips: int = 64
+    val_clips: int = 8
+    frames: int = 8
+    size: tuple[int, int] = (32, 32)
+    seed: int = 0
+    fps: int = 8
+    cache: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from: a `manifest` (CSV/JSONL) or a `world` to render; `val_manifest`
+    (default: the world's test split, or the manifest's rows with split == "test")."""
+
+    manifest: str | None = None
+    world: WorldData | None = None
+    val_manifest: str | None = None
+    frames: int = 8
+    size: tuple[int, int] | None = (32, 32)
+    frame_stride: int = 1
+    random_offset: bool = False
+    cache_in_memory: bool = True      # keep decoded clips in memory (small datasets; no random offsets)
+    num_workers: int = 0
+    latent_cache: str | None = None   # folder of precomputed latents (computed and stored on first use)
+    text_cache: str | None = None     # folder of precomputed text features (TextEncoder disk cache)
+
+
+@dataclass
+class ModelConfig:
+    """The transformer: a `preset` (+ `overrides`), a Wan `backbone` folder, or `init` from a
+    UnityVideo checkpoint; plus the text encoder and latent codec it works with."""
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    backbone: str | None = None
+    init: str | None = None
+    text_encoder: str = "minilm"
+    codec: str = "pixel4"
+    codec_folder: str | None = None
+
+
+@dataclass
+class Stage:
+    """One curriculum stage: its length, modalities (with sampling weights), optional task
+    probabilities and data overriding the run's."""
+
+    name: str = "stage"
+    steps: int = 100
+    modalities: dict[str, float] = field(default_factory=lambda: {"depth": 1.0, "flow": 1.0, "densepose": 1.0})
+    tasks: dict[str, float] | None = None
+    data: DataConfig | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4                  # backbone
+    unity_lr: float | None = None     # the new UnityVideo parameters (AdaLN table, experts); None = lr
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
+    grad_clip: float = 1.0            # max grad norm (0 = no clipping)
+    ema_decay: float = 0.999          # 0 = no EMA
+    ema_warmup: bool = True           # decay = min(ema_decay, (1 + step) / (10 + step))
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/tiny-world"
+    seed: int = 0
+    batch_size: int = 8               # global batch (all processes, all accumulation steps)
+    micro_batch_size: int | None = None  # per process and forward; None = batch_size / processes
+    parallel: str = "auto"            # auto: fsdp on GPU if the model is big, else ddp; none = 1 process
+    fsdp_min_params: int = 500_000_000  # auto picks FSDP2 at or above this many parameters
+    activation_checkpointing: bool = False
+    precision: str = "auto"           # auto = bf16 on GPU, fp32 on CPU
+    log_every: int = 10
+    eval_every: int = 100
+    eval_timesteps: tuple[float, ...] = (0.25, 0.5, 0.75)
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    export_every: int = 0             # also export EMA weights every N steps (0 = only at the end)
+    max_nonfinite: int = 10           # consecutive NaN/inf steps before the run aborts
+    nan_steps: tuple[int, ...] = ()   # testing hook: make the loss NaN at these steps
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    stages: list[Stage] = field(default_factory=lambda: [Stage()])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, Stage]:
+        """The curriculum stage that step `step` (0-based) belongs to."""
+        end = 0
+        for i, stage in enumerate(self.stages):
+            end += stage.steps
+            if step < end:
+                return i, stage
+        return len(self.stages) - 1, self.stages[-1]
+
+    def stage_routing(self, stage: Stage) -> RoutingConfig:
+        """The routing config of a stage: the run's, with the stage's modalities and tasks."""
+        return dataclasses.replace(self.routing, modalities=dict(stage.modalities),
+                                   tasks=dict(stage.tasks or self.routing.tasks))
+
+    def stage_data(self, stage: Stage) -> DataConfig:
+        return stage.data or self.data
+
+    @property
+    def modalities(self) -> list[str]:
+        """Every modality some stage learns, in registry order."""
+        from ..modalities import MODALITY_NAMES
+        used = {m for s in self.stages for m, w in s.modalities.items() if w > 0}
+        return [m for m in MODALITY_NAMES if m in used]
+
+    def validate(self) -> None:
+        t = self.train
+        if t.parallel not in PARALLEL_MODES:
+            raise ValueError(f"train.parallel={t.parallel!r}; choose one of {PARALLEL_MODES}")
+        if t.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={t.precision!r}; choose one of {PRECISIONS}")
+        if not self.stages:
+            raise ValueError("stages: at least one stage is needed")
+        for i, stage in enumerate(self.stages):
+            if stage.steps < 1:
+                raise ValueError(f"stages[{i}].steps={stage.steps} must be >= 1")
+            self.stage_routing(stage)  # checks names and weights
+            data = self.stage_data(stage)
+            if (data.manifest is None) == (data.world is None):
+                raise ValueError(f"stages[{i}] data: set exactly one of data.manifest and data.world")
+        if t.batch_size < 1:
+            raise ValueError(f"train.batch_size={t.batch_size} must be >= 1")
+
+
+# ----- loading ------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when path is None) and apply dotted overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file (see configs/ for examples)")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config is a YAML mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    try:
+        config = from_dict(Config, raw, where="")
+        config.validate()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path or 'config'}: {err}") from None
+    return config
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if part.isdigit() and isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if last.isdigit() and isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def from_dict(cls, raw: Any, where: str):
+    """Build dataclass `cls` from a mapping, recursively, rejecting unknown keys."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping for {cls.__name__}, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ValueError(f"unknown key {key!r}; valid keys{' in ' + where if where else ''} are {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _convert(hints[name], value, f"{where}.{name}" if where else name) for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp, value: Any, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0]
+        return tuple(_convert(item, v, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and not isinstance(value, bool):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        if tp is str and isinstance(value, (int, float)):
+            return str(value)
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> Any:
+    """A plain, YAML-safe dict of a config (tuples as lists)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "RoutingConfig", "Stage", "TASKS",
+           "TimestepSampler", "TrainConfig", "WorldData", "dump_config", "from_dict", "load_config", "to_dict"]

@@ -1,0 +1,237 @@
+"""Training data: the world or manifest behind each stage, a deterministic sample order, text features.
+
+Sample numbering is global and fixed: step s consumes samples s*G .. (s+1)*G - 1 (G = global batch);
+process r of W takes the contiguous block r*G/W .. (r+1)*G/W - 1 of those, cut into micro-batches.
+Sample j reads clip perm_e[j mod N] (perm_e: a seeded permutation of the N clips for epoch e = j // N)
+and draws its route from `sample_generator(seed, j)`. The data position of a run is therefore just its
+step, and any number of processes or any resume point sees exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from ..flow import Route, RoutingConfig, draw_route, sample_generator
+from .config import Config, DataConfig, WorldData
+
+log = logging.getLogger(__name__)
+
+VAL_SPLITS = ("test", "val", "validation")
+
+
+# ----- where the clips are ------------------------------------------------------------------------
+
+
+def world_folder(world: WorldData, run_dir: Path) -> Path:
+    """Cache folder of a rendered world, keyed by everything that changes a clip's pixels."""
+    root = Path(world.cache) if world.cache else run_dir / "world"
+    return root / f"f{world.frames}-{world.size[0]}x{world.size[1]}-fps{world.fps}-seed{world.seed}"
+
+
+def prepare_world(world: WorldData, run_dir: Path, workers: int | None = None) -> Path:
+    """Render the world's train and test clips if missing (a rerun renders only what is missing);
+    returns the manifest. Call it on one process only."""
+    from ..world.export import ExportSpec, export_world
+
+    out = world_folder(world, run_dir)
+    result = None
+    for split, clips in (("train", world.clips), ("test", world.val_clips)):
+        if clips > 0:
+            spec = ExportSpec(out=out, clips=clips, frames=world.frames, size=tuple(world.size), seed=world.seed,
+                              split=split, fps=world.fps, workers=workers)
+            result = export_world(spec)
+    assert result is not None, "a world needs clips > 0"
+    return result.manifest
+
+
+def manifest_of(data: DataConfig, run_dir: Path) -> Path:
+    return world_folder(data.world, run_dir) / "manifest.csv" if data.world else Path(data.manifest)
+
+
+def split_records(manifest: Path, val_manifest: str | None) -> tuple[list, list]:
+    """(train records, validation records): rows with split train / test, or every row when the
+    manifest has no splits (then validation comes only from `val_manifest`)."""
+    from ..data import read_manifest
+
+    records = read_manifest(manifest)
+    has_splits = any(r.split for r in records)
+    train = [r for r in records if r.split not in VAL_SPLITS] if has_splits else records
+    val = [r for r in records if r.split in VAL_SPLITS] if has_splits else []
+    if val_manifest:
+        val = read_manifest(val_manifest)
+    if not train:
+        raise ValueError(f"{manifest}: no training clips (every row is in a validation split {VAL_SPLITS})")
+    return train, val
+
+
+# ----- clips --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleRef:
+    """What one sample is: its global number, the clip it reads and its route."""
+
+    number: int
+    clip: int
+    route: Route
+
+
+class ClipStreams(Dataset):
+    """Loads, for a `SampleRef`, the RGB stream and the route's modality stream only (not all five),
+    from UnityVideoDatasets sharing one list of records. Optionally keeps decoded clips in memory."""
+
+    def __init__(self, records: list, data: DataConfig, seed: int):
+        from ..data import UnityVideoDataset
+
+        self.records = records
+        self.data = data
+        kwargs = dict(frames=data.frames, size=tuple(data.size) if data.size else None,
+                      frame_stride=data.frame_stride, random_offset=data.random_offset, seed=seed)
+        self.rgb_only = UnityVideoDataset(records, modalities=[], **kwargs)
+        self._kwargs = kwargs
+        self._by_modality: dict[str, Any] = {}
+        self._memory: dict[tuple, dict] = {}
+        self.cache_in_memory = data.cache_in_memory and not data.random_offset
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _dataset(self, modality: str | None):
+        from ..data import UnityVideoDataset
+
+        if modality is None:
+            return self.rgb_only
+        if modality not in self._by_modality:
+            self._by_modality[modality] = UnityVideoDataset(self.records, modalities=[modality], **self._kwargs)
+        return self._by_modality[modality]
+
+    def __getitem__(self, ref: SampleRef) -> dict[str, Any]:
+        key = (ref.clip, ref.route.modality)
+        if key in self._memory:
+            return {**self._memory[key], "number": ref.number, "route": ref.route}
+        dataset = self._dataset(ref.route.modality)
+        dataset.set_epoch(ref.number // len(self))
+        sample = dataset[ref.clip]
+        item = {"clip_id": sample["clip_id"], "caption": sample["caption"], "rgb": sample["rgb"],
+                "modality": sample["modalities"].get(ref.route.modality) if ref.route.modality else None,
+                "frame_indices": sample["frame_indices"]}
+        if self.cache_in_memory:
+            self._memory[key] = item
+        return {**item, "number": ref.number, "route": ref.route}
+
+
+def collate_samples(items: list[dict]) -> list[dict]:
+    """Samples stay a list: each has its own modality, so streams are stacked per routing group."""
+    return items
+
+
+def clip_permutation(num_clips: int, epoch: int, seed: int) -> torch.Tensor:
+    return torch.randperm(num_clips, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+
+
+class StepBatches:
+    """Micro-batches of `SampleRef`s for one process, from `start_step` to the end of the run.
+
+    Yields (step, stage index, micro index, refs). Samples depend only on the global sample number.
+    """
+
+    def __init__(self, config: Config, clip_counts: list[int], rank: int, world_size: int, start_step: int):
+        self.config = config
+        self.clip_counts = clip_counts  # clips of each stage's dataset
+        self.rank, self.world_size = rank, world_size
+        self.start_step = start_step
+        self.per_rank = config.train.batch_size // world_size
+        self.micro = config.train.micro_batch_size or self.per_rank
+        self._perms: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, list[SampleRef]]]:
+        cfg = self.config
+        for step in range(self.start_step, cfg.total_steps):
+            stage_index, stage = cfg.stage_at(step)
+            routing = cfg.stage_routing(stage)
+            first = step * cfg.train.batch_size + self.rank * self.per_rank
+            numbers = list(range(first, first + self.per_rank))
+            for m in range(0, self.per_rank, self.micro):
+                refs = [self.ref(j, stage_index, routing) for j in numbers[m:m + self.micro]]
+                yield step, stage_index, m // self.micro, refs
+
+    def ref(self, number: int, stage_index: int, routing: RoutingConfig) -> SampleRef:
+        n = self.clip_counts[stage_index]
+        epoch = number // n
+        key = (stage_index, epoch)
+        if key not in self._perms:
+            self._perms = {key: clip_permutation(n, epoch, self.config.train.seed)}  # keep one epoch
+        route = draw_route(routing, sample_generator(self.config.train.seed, number))
+        return SampleRef(number=number, clip=int(self._perms[key][number % n]), route=route)
+
+
+def sample_noise(seed: int, number: int, shape: tuple[int, ...], modality: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The flow-matching noise of sample `number`: RGB stream and (if any) modality stream."""
+    g = sample_generator(seed + 0x5EED, number)
+    rgb = torch.randn(shape, generator=g)
+    mod = torch.randn(shape, generator=g)  # drawn even for t2v, so the stream count never shifts the RGB noise
+    return rgb, mod if modality else None
+
+
+# ----- text ---------------------------------------------------------------------------------------
+
+
+class TextBank:
+    """Text features for captions and modality prompts, padded to one fixed length (so a sample's
+    features do not depend on which other samples share its batch)."""
+
+    def __init__(self, encoder, device: torch.device):
+        self.encoder = encoder
+        self.device = device
+        self.length = 8
+
+    def warm(self, texts: list[str]) -> None:
+        """Encode every known text once (a world has few distinct captions) and fix the padding."""
+        unique = sorted(set(texts) | {""})
+        for i in range(0, len(unique), 64):
+            features, mask = self.encoder.encode(unique[i:i + 64], pad_to=None)
+            self.length = max(self.length, int(mask.sum(dim=1).max()))
+        self.length = -(-self.length // 8) * 8
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        features, mask = self.encoder.encode(list(texts), pad_to=self.length)
+        return features.to(self.device), mask.to(self.device)
+
+
+# ----- latents ------------------------------------------------------------------------------------
+
+
+class LatentCache:
+    """Precomputed latents on disk, one safetensors file per (clip, stream, frames, size, codec).
+
+    Only for deterministic frames and crops (the key does not see random offsets)."""
+
+    def __init__(self, folder: str | Path, codec_spec: str, data: DataConfig):
+        if data.random_offset:
+            raise ValueError("data.latent_cache needs data.random_offset=false (a cached latent is one fixed window)")
+        self.folder = Path(folder)
+        self.tag = f"{codec_spec}|{data.frames}|{data.frame_stride}|{tuple(data.size or ())}"
+
+    def _path(self, clip_id: str, stream: str) -> Path:
+        key = hashlib.sha256(f"{self.tag}|{clip_id}|{stream}".encode()).hexdigest()
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def get(self, clip_id: str, stream: str) -> torch.Tensor | None:
+        path = self._path(clip_id, stream)
+        return load_file(path)["latent"] if path.exists() else None
+
+    def put(self, clip_id: str, stream: str, latent: torch.Tensor) -> None:
+        path = self._path(clip_id, stream)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"latent": latent.detach().contiguous().cpu()}, str(tmp))
+        os.replace(tmp, path)  # atomic: concurrent processes never see half a file

@@ -1,0 +1,555 @@
+"""The UnityVideo training loop, readable top to bottom (nanoGPT's train.py, with torchrun scale).
+
+    train(load_config("configs/tiny-world.yaml"))              # one process
+    torchrun --nproc_per_node 8 -m unityvideo.cli train --config configs/...yaml train.parallel=fsdp
+
+One step: every process takes its share of the global batch (see data.py for the fixed sample
+order), in micro-batches; each sample gets a task, a modality and per-stream timesteps (flow.py);
+samples are grouped by modality, run through the model, and the flow-matching loss of their noisy
+streams is averaged over the global batch. Then: NaN/inf check, gradient clipping, AdamW, warmup +
+cosine learning rate, EMA; logs, validation, checkpoints and exports at their intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..flow import TASKS, Route, flow_loss, route_batch
+from ..models import RGB, UnityVideoTransformer, load_codec, load_text_encoder
+from ..models.checkpoint import CheckpointSpec
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .config import Config, dump_config
+from .data import (ClipStreams, LatentCache, StepBatches, TextBank, collate_samples, manifest_of, prepare_world,
+                   sample_noise, split_records)
+from .logger import MetricLogger
+from .parallel import (Runtime, all_reduce_max, all_reduce_sum, apply_parallel, choose_parallel, compute_dtype,
+                       init_runtime, inner_model, shutdown)
+
+log = logging.getLogger("unityvideo.train")
+
+STREAMS = (RGB, "depth", "flow", "segmentation", "skeleton", "densepose")
+EVAL_NOISE_SEED = 777
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def train(config: Config, resume: str | Path | bool | None = None) -> Path:
+    """Run (or resume) a training run; returns the run folder. Works under torchrun."""
+    runtime = init_runtime()
+    ok = False
+    try:
+        trainer = Trainer(config, runtime)
+        trainer.setup(resume)
+        try:
+            trainer.fit()
+        finally:
+            trainer.restore_signal_handlers()
+        ok = True
+        return trainer.run_dir
+    finally:
+        if ok:
+            shutdown(runtime)
+        elif dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class StepStats:
+    """Per-step sums over samples, all-reduced as one vector: total, by task, by stream modality."""
+
+    values: torch.Tensor = field(default_factory=lambda: torch.zeros(2 * (1 + len(TASKS) + len(STREAMS)),
+                                                                      dtype=torch.float64))
+
+    def add(self, per_sample: torch.Tensor, tasks: list[str], modalities: list[str | None]) -> None:
+        for loss, task, modality in zip(per_sample.detach().double().cpu().tolist(), tasks, modalities):
+            for slot in (0, 1 + TASKS.index(task), 1 + len(TASKS) + STREAMS.index(modality or RGB)):
+                self.values[2 * slot] += loss
+                self.values[2 * slot + 1] += 1
+
+    def summary(self) -> dict[str, float]:
+        names = ["loss"] + [f"loss/{t}" for t in TASKS] + [f"loss/{m}" for m in STREAMS]
+        sums, counts = self.values[0::2], self.values[1::2]
+        return {n: float(s / c) for n, s, c in zip(names, sums, counts) if c > 0}
+
+
+class Trainer:
+    def __init__(self, config: Config, runtime: Runtime):
+        self.config = config
+        self.runtime = runtime
+        self.run_dir = Path(config.train.run_dir)
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_row = 0
+        self.stop_signal: str | None = None
+
+    # ----- setup ----------------------------------------------------------------------------------
+
+    def setup(self, resume: str | Path | bool | None) -> None:
+        cfg, rt = self.config, self.runtime
+        tc = cfg.train
+        if tc.batch_size % rt.world_size:
+            raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the {rt.world_size} processes")
+        per_rank = tc.batch_size // rt.world_size
+        if tc.micro_batch_size and per_rank % tc.micro_batch_size:
+            raise ValueError(f"train.micro_batch_size={tc.micro_batch_size} must divide the per-process batch "
+                             f"{per_rank} (batch_size {tc.batch_size} / {rt.world_size} processes)")
+        torch.manual_seed(tc.seed)
+        if rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+        self._prepare_data()
+        self._build_model()
+        self._build_optimizer()
+        checkpoint = self._resume_path(resume)
+        if checkpoint is not None:
+            self._load(checkpoint)
+        self._write_config()
+        self.logger = MetricLogger(self.run_dir, enabled=rt.is_main, resume_step=self.step,
+                                   tensorboard=tc.tensorboard)
+        self._install_signal_handlers()
+
+    def _barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _prepare_data(self) -> None:
+        cfg, rt = self.config, self.runtime
+        datas = []  # distinct DataConfigs (stages without their own data share the run's)
+        for stage in cfg.stages:
+            data = cfg.stage_data(stage)
+            if all(data is not d for d in datas):
+                datas.append(data)
+        if rt.is_main:
+            for data in datas:
+                if data.world is not None:
+                    prepare_world(data.world, self.run_dir)
+        self._barrier()
+        self.stage_clips, self.val_clips = [], []
+        built: dict[int, tuple[ClipStreams, ClipStreams | None]] = {}
+        for stage in cfg.stages:
+            data = cfg.stage_data(stage)
+            if id(data) not in built:
+                train_records, val_records = split_records(manifest_of(data, self.run_dir), data.val_manifest)
+                val = ClipStreams(val_records, data, cfg.train.seed) if val_records else None
+                built[id(data)] = (ClipStreams(train_records, data, cfg.train.seed), val)
+            self.stage_clips.append(built[id(data)][0])
+            self.val_clips.append(built[id(data)][1])
+        first = cfg.stage_data(cfg.stages[0])
+        self.text = TextBank(load_text_encoder(cfg.model.text_encoder, cache_dir=first.text_cache), rt.device)
+        texts = [r.caption for clips in self.stage_clips + [v for v in self.val_clips if v] for r in clips.records]
+        texts += [cfg.routing.modality_prompt(m) for m in cfg.modalities]
+        self.text.warm(texts)
+        self.codec = load_codec(cfg.model.codec, cfg.model.codec_folder).to(rt.device)
+        self.latent_caches = [LatentCache(cfg.stage_data(s).latent_cache, cfg.model.codec, cfg.stage_data(s))
+                              if cfg.stage_data(s).latent_cache else None for s in cfg.stages]
+
+    def _build_model(self) -> None:
+        cfg, rt = self.config, self.runtime
+        m = cfg.model
+        unity = dict(modalities=cfg.modalities)
+        if m.init:
+            model = UnityVideoTransformer.from_pretrained(Path(m.init) / "transformer"
+                                                          if (Path(m.init) / "transformer").is_dir() else m.init)
+            missing = set(cfg.modalities) - set(model.config.modalities)
+            if missing:
+                raise ValueError(f"model.init={m.init} has no experts for {sorted(missing)}; add them with a "
+                                 "preset/backbone start or drop them from the stages")
+        elif m.backbone:
+            model = UnityVideoTransformer.from_backbone(m.backbone, **unity, **m.overrides)
+        else:
+            model = UnityVideoTransformer.from_preset(m.preset, **{**unity, **m.overrides})
+        model.train()
+        self.num_params = sum(p.numel() for p in model.parameters())
+        self.parallel = choose_parallel(cfg.train.parallel, rt, self.num_params, cfg.train.fsdp_min_params)
+        self.dtype = compute_dtype(cfg.train.precision, rt.device)
+        self.wrapped = apply_parallel(model, self.parallel, rt, self.dtype, cfg.train.activation_checkpointing)
+        self.model = inner_model(self.wrapped)
+        self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()} if cfg.optim.ema_decay > 0 else None
+        if rt.is_main:
+            log.info("model: %s parameters (%s), %s, %d process(es), %s", f"{self.num_params:,}",
+                     self.model.parameter_counts(), self.parallel, rt.world_size, self.dtype)
+
+    def _build_optimizer(self) -> None:
+        o = self.config.optim
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.model.named_parameters():
+            unity = not name.startswith("backbone.")
+            decay = p.ndim >= 2 and "table" not in name  # no decay on biases, norms, modulation tables
+            groups.setdefault((unity, decay), []).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": ps, "lr": (o.unity_lr or o.lr) if unity else o.lr, "weight_decay": o.weight_decay if decay else 0.0,
+              "name": f"{'unity' if unity else 'backbone'}{'' if decay else '_no_decay'}"}
+             for (unity, decay), ps in sorted(groups.items())],
+            betas=tuple(o.betas), eps=o.eps)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warmup to 1, then cosine to min_lr_ratio at the last step."""
+        o, total = self.config.optim, self.config.total_steps
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _resume_path(self, resume) -> Path | None:
+        if resume in (None, False):
+            return None
+        return find_checkpoint(self.run_dir if resume is True else resume)
+
+    def _load(self, folder: Path) -> None:
+        meta, ema = load_checkpoint(folder, self.model, self.optimizer)
+        self.step = int(meta["step"])
+        self.nonfinite_total = int(meta.get("nonfinite_total", 0))
+        self.nonfinite_in_row = int(meta.get("nonfinite_in_row", 0))
+        if self.ema is not None and ema:
+            for name, value in self.ema.items():
+                _copy_full_into(value, ema[name])
+        if self.runtime.is_main:
+            log.info("resumed from %s at step %d", folder, self.step)
+
+    def _write_config(self) -> None:
+        if not self.runtime.is_main:
+            return
+        path = self.run_dir / "config.yaml"
+        text = dump_config(self.config)
+        if path.exists() and path.read_text() != text:
+            shutil.copy(path, self.run_dir / f"config.before-step-{self.step:06d}.yaml")  # keep what ran before
+        path.write_text(text)
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            self.stop_signal = signal.Signals(signum).name
+            log.warning("%s received: stopping after this step with a checkpoint", self.stop_signal)
+
+        self._old_handlers = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+
+    # ----- the loop -------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        cfg, rt, tc = self.config, self.runtime, self.config.train
+        total = cfg.total_steps
+        batches = StepBatches(cfg, [len(c) for c in self.stage_clips], rt.rank, rt.world_size, self.step)
+        loader = iter(torch.utils.data.DataLoader(
+            _StageItems(self.stage_clips, cfg), batch_sampler=_RefBatches(batches), collate_fn=collate_samples,
+            num_workers=cfg.stage_data(cfg.stages[0]).num_workers))
+        micro_steps = (tc.batch_size // rt.world_size) // (tc.micro_batch_size or tc.batch_size // rt.world_size)
+        bar = _progress(tc.progress and rt.is_main, self.step, total)
+        if self.step == 0 and tc.eval_every > 0:
+            self.evaluate()
+        while self.step < total:
+            start = time.perf_counter()
+            stats = StepStats()
+            for micro in range(micro_steps):
+                items = next(loader)
+                with self._no_sync(last=micro == micro_steps - 1):
+                    per_sample, tasks, mods = self.forward(items)
+                    loss = per_sample.sum() / (tc.batch_size // rt.world_size)
+                    if self.step in tc.nan_steps:
+                        loss = loss * float("nan")
+                    loss.backward()
+                stats.add(per_sample if self.step not in tc.nan_steps else per_sample * float("nan"), tasks, mods)
+            all_reduce_sum(stats.values)
+            metrics = stats.summary()
+            applied = self.optimizer_step(metrics["loss"])
+            self.step += 1
+            metrics.update(lr=self.optimizer.param_groups[0]["lr"], step_time=time.perf_counter() - start,
+                           nonfinite_total=self.nonfinite_total, stage=cfg.stage_at(self.step - 1)[0],
+                           skipped=not applied, **self.last_grad)
+            if self.step % tc.log_every == 0 or self.step == total:
+                self.logger.log(self.step, "train", metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+            self._after_step()
+            if self.stop_requested():
+                self.save()
+                if rt.is_main:
+                    log.warning("stopped by %s at step %d; resume with --resume", self.stop_signal or "a signal", self.step)
+                break
+        bar.close()
+        if self.step >= total:
+            if self.step % tc.checkpoint_every:
+                self.save()
+            self.export(self.run_dir / "export")
+        self.logger.close()
+
+    def _after_step(self) -> None:
+        tc = self.config.train
+        if tc.eval_every > 0 and (self.step % tc.eval_every == 0 or self.step == self.config.total_steps):
+            self.evaluate()
+        if tc.checkpoint_every > 0 and self.step % tc.checkpoint_every == 0:
+            self.save()
+        if tc.export_every > 0 and self.step % tc.export_every == 0 and self.step < self.config.total_steps:
+            self.export(self.run_dir / "exports" / f"step-{self.step:06d}")
+
+    def stop_requested(self) -> bool:
+        """Any process got SIGTERM/SIGINT: all stop together after this step."""
+        return all_reduce_max(1.0 if self.stop_signal else 0.0) > 0
+
+    def _no_sync(self, last: bool):
+        """Gradient accumulation: reduce gradients across processes only on the last micro-batch."""
+        if self.parallel == "ddp" and not last:
+            return self.wrapped.no_sync()
+        if self.parallel == "fsdp":
+            self.wrapped.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    # ----- one micro-batch ------------------------------------------------------------------------
+
+    def forward(self, items: list[dict]) -> tuple[torch.Tensor, list[str], list[str | None]]:
+        """Per-sample losses (B,) of a micro-batch, in the items' order, with their tasks and modalities."""
+        stage_index = self.config.stage_at(items[0]["number"] // self.config.train.batch_size)[0]
+        routing = self.config.stage_routing(self.config.stages[stage_index])
+        routes = [item["route"] for item in items]
+        groups = self._groups(items, routes, routing, self.latent_caches[stage_index], self.config.train.seed)
+        # FSDP2: all processes make the same number of model calls (see RoutedModel)
+        calls = int(all_reduce_max(float(len(groups)))) if self.parallel == "fsdp" else 0
+        outputs, touch = self._call([g.streams for g in groups], calls)
+        per_sample = torch.zeros(len(items), device=self.runtime.device)
+        for group, preds in zip(groups, outputs):
+            per_sample[group.indices] = flow_loss(preds, group)
+        return per_sample + touch, [r.task for r in routes], [r.modality for r in routes]
+
+    def _call(self, streams: list[list], calls: int = 0):
+        autocast = torch.autocast("cuda", dtype=self.dtype) if (
+            self.runtime.device.type == "cuda" and self.dtype != torch.float32 and self.parallel != "fsdp") \
+            else contextlib.nullcontext()
+        with autocast:
+            return self.wrapped(streams, calls)
+
+    def _groups(self, items, routes, routing, cache, noise_seed):
+        rgb = torch.stack([self._latent(item, RGB, item["rgb"], cache) for item in items])
+        mods = [self._latent(item, r.modality, item["modality"], cache) if r.modality else None
+                for item, r in zip(items, routes)]
+        noises = [sample_noise(noise_seed, item["number"], tuple(rgb.shape[1:]), r.modality is not None)
+                  for item, r in zip(items, routes)]
+        noises = [(a.to(rgb.device), None if b is None else b.to(rgb.device)) for a, b in noises]
+        return route_batch(routing, routes, rgb, mods, noises, [item["caption"] for item in items], self.text)
+
+    @torch.no_grad()
+    def _latent(self, item: dict, stream: str, video: torch.Tensor, cache: LatentCache | None) -> torch.Tensor:
+        if cache is not None:
+            found = cache.get(item["clip_id"], stream)
+            if found is not None:
+                return found.to(self.runtime.device)
+        latent = self.codec.encode(video[None].to(self.runtime.device))[0]
+        if cache is not None:
+            cache.put(item["clip_id"], stream, latent)
+        return latent
+
+    # ----- the update -----------------------------------------------------------------------------
+
+    def optimizer_step(self, loss: float) -> bool:
+        """Clip, step, schedule, EMA; or skip a non-finite step. Returns whether the step was applied."""
+        o = self.config.optim
+        factor = self.lr_factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        norm = _grad_norm(self.model, o.grad_clip)
+        self.last_grad = {"grad_norm": norm}
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_total += 1
+            self.nonfinite_in_row += 1
+            log.warning("step %d: non-finite loss %s / grad norm %s: step skipped (%d in a row, %d in total)",
+                        self.step, loss, norm, self.nonfinite_in_row, self.nonfinite_total)
+            if self.nonfinite_in_row > self.config.train.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_row} non-finite steps in a row (train.max_nonfinite="
+                    f"{self.config.train.max_nonfinite}) at step {self.step}: lower optim.lr, check the data "
+                    f"(bad clips?), or resume from an earlier checkpoint in {self.run_dir / 'checkpoints'}")
+            return False
+        self.nonfinite_in_row = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
+        return True
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        o = self.config.optim
+        decay = min(o.ema_decay, (1 + self.step) / (10 + self.step)) if o.ema_warmup else o.ema_decay
+        for name, p in self.model.named_parameters():
+            self.ema[name].lerp_(p.detach(), 1 - decay)
+
+    # ----- validation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        """Validation loss of every task x modality on fixed clips, timesteps and noise (EMA weights).
+
+        Every process evaluates the same samples (FSDP needs every process in every forward)."""
+        stage_index = self.config.stage_at(max(0, self.step - 1))[0]
+        clips = self.val_clips[stage_index]
+        if clips is None:
+            return None
+        cfg = self.config
+        routing = cfg.stage_routing(cfg.stages[stage_index])
+        tasks = [t for t in TASKS if any(cfg.stage_routing(s).tasks.get(t, 0) > 0 for s in cfg.stages)]
+        specs = [(t, m) for t in tasks for m in ([None] if t == "t2v" else cfg.modalities)]
+        self.wrapped.eval()
+        sums: dict[str, list[float]] = {}
+        with self._ema_weights():
+            for t, m in specs:
+                refs = [(clip, t_val) for clip in range(len(clips)) for t_val in cfg.train.eval_timesteps]
+                for start in range(0, len(refs), max(1, cfg.train.batch_size)):
+                    chunk = refs[start:start + max(1, cfg.train.batch_size)]
+                    items, routes = [], []
+                    for clip, t_val in chunk:
+                        route = Route(t, m, 0.0 if t == "estimate" else t_val,
+                                      t_val if t in ("estimate", "joint") else 0.0, False, False)
+                        item = clips[_EvalRef(clip, route)]
+                        items.append({**item, "number": clip * 1000 + int(t_val * 999)})
+                        routes.append(route)
+                    groups = self._groups(items, routes, routing, None, cfg.train.seed + EVAL_NOISE_SEED)
+                    outputs, _ = self._call([g.streams for g in groups])
+                    for group, preds in zip(groups, outputs):
+                        losses = flow_loss(preds, group).double().cpu().tolist()
+                        for key in (f"val/{t}/{m or RGB}", f"val/{t}", f"val/{m or RGB}", "val/loss"):
+                            entry = sums.setdefault(key, [0.0, 0])
+                            entry[0] += sum(losses)
+                            entry[1] += len(losses)
+        self.wrapped.train()
+        metrics = {k: s / n for k, (s, n) in sums.items()}
+        self.logger.log(self.step, "val", metrics)
+        return metrics
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """Temporarily load the EMA weights into the model (what the export will contain)."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        backup = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.ema[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(backup[n])
+
+    # ----- checkpoints and export -----------------------------------------------------------------
+
+    def save(self) -> Path:
+        ema = {n: _full(t) for n, t in self.ema.items()} if self.ema is not None else None
+        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, ema,
+                               {"nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
+                                "data_position": {"next_sample": self.step * self.config.train.batch_size},
+                                "world_size": self.runtime.world_size, "parallel": self.parallel},
+                               keep=self.config.train.keep_checkpoints)
+
+    def export(self, folder: Path) -> Path:
+        """The EMA (or current) weights as a checkpoint folder the pipeline loads (CONTRACT2)."""
+        weights = self.ema if self.ema is not None else dict(self.model.named_parameters())
+        full = {n: _full(t).cpu() for n, t in weights.items()}
+        if self.runtime.is_main:
+            cfg = self.config
+            tmp = folder.with_name(f".{folder.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with torch.device("meta"):
+                plain = UnityVideoTransformer(**{k: v for k, v in self.model.config.items() if not k.startswith("_")})
+            plain.load_state_dict(full, strict=True, assign=True)
+            plain.save_pretrained(tmp / "transformer", safe_serialization=True)
+            data = cfg.stage_data(cfg.stages[-1])
+            tasks = [t for t in TASKS if any(cfg.stage_routing(s).tasks.get(t, 0) > 0 for s in cfg.stages)]
+            CheckpointSpec(text_encoder=cfg.model.text_encoder, codec=cfg.model.codec,
+                           codec_folder=cfg.model.codec_folder, modalities=cfg.modalities, tasks=tasks,
+                           frames=data.frames, size=tuple(data.size) if data.size else (0, 0),
+                           fps=float(data.world.fps) if data.world else 8.0, shift=cfg.routing.timesteps.shift,
+                           modality_prompt_template=cfg.routing.modality_prompt_template, step=self.step).save(tmp)
+            (tmp / "config.yaml").write_text(dump_config(cfg))
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(folder)
+            log.info("exported step %d to %s", self.step, folder)
+        self._barrier()
+        return folder
+
+
+# ----- helpers --------------------------------------------------------------------------------------
+
+
+class _StageItems(torch.utils.data.Dataset):
+    """Index = (stage index, SampleRef) -> the sample's streams from that stage's clips."""
+
+    def __init__(self, stage_clips: list[ClipStreams], config: Config):
+        self.stage_clips = stage_clips
+        self.config = config
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.stage_clips)
+
+    def __getitem__(self, key):
+        stage_index, ref = key
+        return self.stage_clips[stage_index][ref]
+
+
+class _RefBatches:
+    """DataLoader batch sampler over StepBatches: lists of (stage index, SampleRef)."""
+
+    def __init__(self, batches: StepBatches):
+        self.batches = batches
+
+    def __iter__(self):
+        for _step, stage_index, _micro, refs in self.batches:
+            yield [(stage_index, ref) for ref in refs]
+
+
+@dataclass
+class _EvalRef:
+    clip: int
+    route: Route
+    number: int = 0
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The full tensor of a (possibly FSDP-sharded) tensor; a collective under FSDP."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t.detach()
+
+
+def _copy_full_into(dst: torch.Tensor, full: torch.Tensor) -> None:
+    with torch.no_grad():
+        if hasattr(dst, "full_tensor"):
+            from torch.distributed.tensor import distribute_tensor
+            dst.copy_(distribute_tensor(full.to(dst.device_mesh.device_type), dst.device_mesh, dst.placements))
+        else:
+            dst.copy_(full)
+
+
+def _grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Total gradient norm (clipping to max_norm when > 0); inf/nan when a gradient is not finite."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return float(_full(norm))
+
+
+def _progress(enabled: bool, start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)

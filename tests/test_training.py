@@ -1,0 +1,281 @@
+"""The trainer: configs, sample order, logs, export, NaN handling, exact resume, DDP / FSDP2 parity.
+
+Runs are tiny (2-layer model, 16x16x4 world clips, batch 4, 12 steps). The process-level tests (SIGKILL,
+SIGTERM, torchrun) start subprocesses and are marked slow.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from unityvideo.models import UnityVideoTransformer
+from unityvideo.models.checkpoint import load_checkpoint_spec
+from unityvideo.training import NonFiniteLossError, load_config, train
+from unityvideo.training.checkpoint import find_checkpoint
+from unityvideo.training.config import dump_config
+from unityvideo.training.data import StepBatches
+from unityvideo.training.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 12
+LOSS_RTOL = 1e-5     # multi-process loss vs one process, same global batch (measured: ~5e-8)
+WEIGHT_ATOL = 1e-4   # multi-process final weights vs one process after 12 steps (measured: ~5e-6)
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    config = {
+        "data": {"world": {"clips": 8, "val_clips": 2, "frames": 4, "size": [16, 16], "cache": str(root / "worlds")},
+                 "frames": 4, "size": [16, 16]},
+        "model": {"preset": "tiny", "overrides": {"num_layers": 2}},
+        "routing": {"tasks": {"control": 0.2, "estimate": 0.3, "joint": 0.4, "t2v": 0.1}},
+        "stages": [{"name": "s1", "steps": STEPS // 2, "modalities": {"depth": 1, "flow": 1, "densepose": 1}},
+                   {"name": "s2", "steps": STEPS // 2, "modalities": {"depth": 1, "flow": 1, "densepose": 1,
+                                                                    "segmentation": 1, "skeleton": 1}}],
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "ema_decay": 0.99},
+        "train": {"batch_size": 4, "eval_every": 6, "checkpoint_every": 2, "log_every": 1, "progress": False,
+                  "run_dir": str(root / "run")},
+    }
+    path = root / "small.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def config_for(path, run_dir, *overrides):
+    return load_config(path, [f"train.run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_config, tmp_path_factory) -> Path:
+    """An uninterrupted single-process run: the yardstick for resume and multi-process runs. Run as a
+    subprocess with the same thread count as the runs it is compared with (the thread count changes
+    the order of float reductions)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run(cli(small_config, run_dir), env=env(), check=True, capture_output=True)
+    return run_dir
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"}
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(Path(folder) / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def checkpoint_tensors(run_dir, step) -> dict[str, torch.Tensor]:
+    return load_file(Path(run_dir) / "checkpoints" / f"step-{step:06d}" / "state.safetensors")
+
+
+# ----- configs --------------------------------------------------------------------------------------
+
+
+def test_tiny_world_config_loads_with_the_paper_curriculum():
+    config = load_config(ROOT / "configs" / "tiny-world.yaml")
+    assert list(config.stages[0].modalities) == ["depth", "flow", "densepose"]
+    assert set(config.stages[1].modalities) == {"depth", "flow", "densepose", "segmentation", "skeleton"}
+    p = config.routing.tasks
+    assert p["control"] < p["estimate"] < p["joint"]
+    assert config.stage_at(0)[0] == 0 and config.stage_at(config.stages[0].steps)[0] == 1
+
+
+def test_overrides_and_clear_errors(small_config):
+    config = load_config(small_config, ["optim.lr=3e-4", "stages.0.steps=7", "routing.tasks={joint: 1}",
+                                        "train.eval_timesteps=[0.5]"])
+    assert config.optim.lr == 3e-4 and config.stages[0].steps == 7 and config.routing.tasks == {"joint": 1}
+    assert config.train.eval_timesteps == (0.5,)
+    with pytest.raises(ValueError, match=r"unknown key 'train.bach_size'.*batch_size"):
+        load_config(small_config, ["train.bach_size=3"])
+    with pytest.raises(ValueError, match="train.batch_size: expected int"):
+        load_config(small_config, ["train.batch_size=lots"])
+    with pytest.raises(ValueError, match="parallel"):
+        load_config(small_config, ["train.parallel=zero3"])
+    with pytest.raises(ValueError, match="exactly one of data.manifest and data.world"):
+        load_config(small_config, ["data.manifest=x.csv"])
+    with pytest.raises(FileNotFoundError, match="no such config"):
+        load_config("nope.yaml")
+
+
+def test_config_round_trips_through_yaml(small_config, tmp_path):
+    config = load_config(small_config)
+    path = tmp_path / "again.yaml"
+    path.write_text(dump_config(config))
+    assert dump_config(load_config(path)) == dump_config(config)
+
+
+def test_warmup_then_cosine(small_config, tmp_path):
+    from unityvideo.training.trainer import Trainer
+
+    config = load_config(small_config, ["optim.warmup_steps=4", "optim.min_lr_ratio=0.1", "stages.0.steps=50",
+                                        "stages.1.steps=54"])
+    factors = [Trainer.lr_factor(type("T", (), {"config": config})(), s) for s in range(config.total_steps)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_every_process_count_sees_the_same_samples(small_config):
+    config = load_config(small_config, ["train.batch_size=8", "train.micro_batch_size=2"])
+    counts = [8, 8]
+
+    def samples(world_size, start=0):
+        out = {}
+        for rank in range(world_size):
+            for step, _stage, _micro, refs in StepBatches(config, counts, rank, world_size, start):
+                out.setdefault(step, []).extend((r.number, r.clip, r.route) for r in refs)
+        return {s: sorted(v, key=lambda x: x[0]) for s, v in out.items()}
+
+    one, two = samples(1), samples(2)
+    assert one == two and len(one) == STEPS
+    assert [n for n, _, _ in one[3]] == list(range(24, 32))
+    assert samples(2, start=5) == {s: v for s, v in one.items() if s >= 5}  # resume = skip to the step
+    clips = [c for s in range(2) for _, c, _ in one[s]]
+    assert sorted(clips) == sorted(list(range(8)) * 2)  # each epoch visits every clip once
+
+
+# ----- one run --------------------------------------------------------------------------------------
+
+
+def test_run_folder_logs_config_checkpoints_and_export(reference_run, small_config):
+    rows = read_metrics(reference_run)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, STEPS + 1))
+    assert all(r["loss"] > 0 and r["grad_norm"] > 0 and not r["skipped"] for r in train_rows)
+    assert {r["stage"] for r in train_rows} == {0, 1}
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [0, 6, 12]
+    for task in ("control", "estimate", "joint"):
+        for modality in ("depth", "flow", "segmentation", "skeleton", "densepose"):
+            assert f"val/{task}/{modality}" in val[-1]
+    assert "val/t2v/rgb" in val[-1]
+    # the exact config, checkpoints (the newest two), the export the pipeline reads
+    assert yaml.safe_load((reference_run / "config.yaml").read_text())["train"]["batch_size"] == 4
+    assert sorted(p.name for p in (reference_run / "checkpoints").glob("step-*")) == ["step-000010", "step-000012"]
+    assert find_checkpoint(reference_run).name == "step-000012"
+    spec = load_checkpoint_spec(reference_run / "export")
+    assert spec.step == STEPS and spec.frames == 4 and tuple(spec.size) == (16, 16)
+    assert spec.modalities == ["depth", "flow", "segmentation", "skeleton", "densepose"]
+    assert spec.tasks == ["control", "estimate", "joint", "t2v"]
+    model = UnityVideoTransformer.from_pretrained(reference_run / "export" / "transformer")
+    ema = {k[len("/ema/"):]: v for k, v in checkpoint_tensors(reference_run, STEPS).items() if k.startswith("/ema/")}
+    assert max_difference({k: v for k, v in model.state_dict().items() if k in ema}, ema) == 0.0
+    assert len(ema) == len(dict(model.named_parameters()))
+
+
+def test_nan_step_is_skipped_and_counted(small_config, tmp_path):
+    run = train(config_for(small_config, tmp_path / "run", "train.nan_steps=[2]", "train.checkpoint_every=1",
+                           "train.keep_checkpoints=0", "train.eval_every=0", "stages.0.steps=2", "stages.1.steps=2"))
+    rows = {r["step"]: r for r in read_metrics(run) if r["kind"] == "train"}
+    assert rows[3]["skipped"] and rows[3]["nonfinite_total"] == 1 and rows[3]["loss"] == "nan"
+    assert not rows[4]["skipped"]
+    before, after = checkpoint_tensors(run, 2), checkpoint_tensors(run, 3)
+    model_keys = [k for k in before if k.startswith("/model/")]
+    assert all(torch.equal(before[k], after[k]) for k in model_keys)  # the skipped step changed nothing
+
+
+def test_too_many_nan_steps_abort_with_a_clear_message(small_config, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite steps in a row.*max_nonfinite=2"):
+        train(config_for(small_config, tmp_path / "run", "train.nan_steps=[0, 1, 2, 3]", "train.max_nonfinite=2",
+                         "train.eval_every=0"))
+
+
+def test_latent_cache_is_filled_then_used(small_config, tmp_path):
+    overrides = [f"data.latent_cache={tmp_path / 'latents'}", "train.eval_every=0", "stages.0.steps=2",
+                 "stages.1.steps=1", "train.checkpoint_every=100"]
+    first = train(config_for(small_config, tmp_path / "a", *overrides))
+    files = sorted((tmp_path / "latents").rglob("*.safetensors"))
+    assert files
+    stamps = [f.stat().st_mtime_ns for f in files]
+    second = train(config_for(small_config, tmp_path / "b", *overrides))
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read, not rewritten
+    assert losses(first) == losses(second)
+
+
+# ----- processes ------------------------------------------------------------------------------------
+
+
+def cli(config, run_dir, *extra) -> list[str]:
+    return [sys.executable, "-m", "unityvideo.cli", "train", "--config", str(config), f"train.run_dir={run_dir}", *extra]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training exited (rc {proc.returncode}) before {path} appeared"
+        assert time.time() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(small_config, reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(cli(small_config, run_dir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(run_dir / "checkpoints" / "step-000004", proc)
+    proc.kill()  # SIGKILL: no handler, no final checkpoint
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = find_checkpoint(run_dir).name
+    assert killed_at < f"step-{STEPS:06d}"
+    subprocess.run(cli(small_config, run_dir, "--resume"), env=env(), check=True, capture_output=True)
+    assert max_difference(weights(run_dir / "export"), weights(reference_run / "export")) <= 1e-6
+    assert max_difference(checkpoint_tensors(run_dir, STEPS), checkpoint_tensors(reference_run, STEPS)) <= 1e-6
+    assert losses(run_dir) == losses(reference_run)  # one history, no duplicated steps
+
+
+@pytest.mark.slow
+def test_sigterm_stops_with_a_checkpoint_and_resumes(small_config, reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(cli(small_config, run_dir, "train.checkpoint_every=100"), env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "metrics.jsonl", proc)
+    while not any(r["kind"] == "train" for r in read_metrics(run_dir)):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "SIGTERM received" in stderr
+    stopped = max(losses(run_dir))
+    assert stopped < STEPS and find_checkpoint(run_dir).name == f"step-{stopped:06d}"
+    subprocess.run(cli(small_config, run_dir, "train.checkpoint_every=100", "--resume"), env=env(), check=True,
+                   capture_output=True)
+    assert max_difference(weights(run_dir / "export"), weights(reference_run / "export")) <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one(small_config, reference_run, tmp_path, parallel):
+    """Same global batch (4) as the reference: 2 processes x 2 accumulation steps x micro-batch 1;
+    FSDP2 also with activation checkpointing."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "unityvideo.cli", "train", "--config", str(small_config), f"train.run_dir={run_dir}",
+           f"train.parallel={parallel}", "train.micro_batch_size=1",
+           f"train.activation_checkpointing={parallel == 'fsdp'}"]
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, ref = losses(run_dir), losses(reference_run)
+    assert ours.keys() == ref.keys()
+    for step in ref:
+        assert ours[step] == pytest.approx(ref[step], rel=LOSS_RTOL), step
+    assert max_difference(weights(run_dir / "export"), weights(reference_run / "export")) <= WEIGHT_ATOL
+    state = json.loads((find_checkpoint(run_dir) / "state.json").read_text())
+    assert state["world_size"] == 2 and state["parallel"] == parallel
