@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     import json
 
-    from unityvideo.eval.runner import EVAL_TASKS, evaluate, load_videos
+    from unityvideo.eval.runner import EVAL_TASKS, evaluate
     from unityvideo.models.checkpoint import load_checkpoint_spec
 
     spec = load_checkpoint_spec(args.checkpoint)  # a missing checkpoint fails here, before any work
@@ -82,14 +82,9 @@ def run(args: argparse.Namespace) -> int:
                     device=args.device, dtype=args.dtype, name=name)
     print(f"wrote {len(rows)} metric rows to {args.out} (table: {out_dir / (name + '.md')})")
     if not args.no_report:
-        from unityvideo.eval.report import plot_loss_curve, write_report
+        from unityvideo.eval.report import report_from_results
 
         settings = json.loads((out_dir / f"{name}.per_clip.json").read_text())["settings"]
-        loss = args.loss_curve
-        if loss is not None and loss.suffix.lower() == ".jsonl":
-            loss = plot_loss_curve(loss, out_dir / "loss.png")
-        plots = [out_dir / f"{name}.{t}.png" for t in EVAL_TASKS if (out_dir / f"{name}.{t}.png").is_file()]
-        report = write_report(out_dir, rows, load_videos(out_dir / f"{name}.videos.json"), loss_curve_png=loss,
-                              notes=_notes(args, settings), plots=plots)
+        report = report_from_results(out_dir, name, loss_curve=args.loss_curve, notes=_notes(args, settings))
         print(f"report: {report}")
     return 0

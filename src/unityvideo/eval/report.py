@@ -208,6 +208,23 @@ def write_report(out_dir: str | Path, rows: Sequence[Mapping], videos: Sequence[
     return path
 
 
+def report_from_results(out_dir: str | Path, name: str = "results", loss_curve: str | Path | None = None,
+                        notes: Mapping[str, Any] | None = None, report_dir: str | Path | None = None,
+                        title: str = "UnityVideo evaluation") -> Path:
+    """report.html from the files `runner.evaluate(..., out_dir, name=name)` wrote: its rows, kept videos
+    and bar charts; `loss_curve` is a PNG or a training run's metrics.jsonl (plotted)."""
+    from .runner import load_videos
+
+    out_dir = Path(out_dir)
+    report_dir = Path(report_dir or out_dir)
+    rows = json.loads((out_dir / f"{name}.json").read_text())
+    if loss_curve is not None and Path(loss_curve).suffix.lower() == ".jsonl":
+        loss_curve = plot_loss_curve(loss_curve, report_dir / "loss.png")
+    plots = [out_dir / f"{name}.{t}.png" for t in EVAL_TASKS if (out_dir / f"{name}.{t}.png").is_file()]
+    return write_report(report_dir, rows, load_videos(out_dir / f"{name}.videos.json"), loss_curve_png=loss_curve,
+                        notes=notes, plots=plots, title=title)
+
+
 # ----- rendering check --------------------------------------------------------------------------------
 
 
