@@ -320,31 +320,21 @@ def test_rerun_skips_finished_clips(annotated, capsys):
     assert "annotated 0 clips (2 already there, 0 failed)" in capsys.readouterr().out
 
 
-def test_annotated_dataset_feeds_the_transformer(annotated):
-    """The trainer's path without conversion: UnityVideoDataset -> PixelCodec latents -> a tiny
-    UnityVideoTransformer forward/backward (estimate task for every annotated modality).
-    (Switch to `unityvideo train` on this dataset once the trainer exists.)"""
-    from torch.utils.data import DataLoader
+def test_annotated_dataset_trains_with_unityvideo_train(annotated, tmp_path):
+    """`unityvideo train` on the annotated dataset as written (no conversion): a tiny run finishes,
+    learns every annotated modality and exports a checkpoint the pipeline can load."""
+    from unityvideo.cli import main
+    from unityvideo.models.checkpoint import load_checkpoint_spec
 
-    from unityvideo.data import UnityVideoDataset, collate_clips
-    from unityvideo.models import PixelCodec, Stream, UnityVideoTransformer
-
-    dataset = UnityVideoDataset(annotated / "manifest.csv", frames=4, size=(32, 32))
-    batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=collate_clips)))
-    assert sum(dataset.skipped.values()) == 0
-    codec = PixelCodec(4)
-    torch.manual_seed(0)
-    model = UnityVideoTransformer.from_preset("tiny", num_layers=1)
-    context = torch.randn(2, 6, 384)
-    rgb = Stream("rgb", codec.encode(batch["rgb"]), torch.zeros(2), context)
-    streams = [rgb]
-    for name, video in batch["modalities"].items():
-        latent = codec.encode(video)
-        t = torch.rand(2)
-        noisy = (1 - t.view(-1, 1, 1, 1, 1)) * latent + t.view(-1, 1, 1, 1, 1) * torch.randn_like(latent)
-        streams.append(Stream(name, noisy, t, context))
-    outputs = model(streams)
-    loss = sum(out.pow(2).mean() for out in outputs[1:])
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny-world.yaml"
+    run = tmp_path / "run"
+    code = main(["train", "--config", str(config), "data.world=null", f"data.manifest={annotated / 'manifest.csv'}",
+                 "data.frames=4", "data.size=[32, 32]", "model.overrides={num_layers: 1}",
+                 "stages=[{name: annotated, steps: 2, modalities: {flow: 1, segmentation: 1, skeleton: 1}}]",
+                 f"train.run_dir={run}", "train.batch_size=2", "train.eval_every=0", "train.progress=false",
+                 "train.tensorboard=false"])
+    assert code == 0
+    spec = load_checkpoint_spec(run / "export")
+    assert set(spec.modalities) == {"flow", "segmentation", "skeleton"} and spec.step == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("kind") == "train" and np.isfinite(r["loss"]) for r in rows)

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "unityvideo.training.cli",
     "unityvideo.pipeline_cli",
     "unityvideo.eval.cli",
+    "unityvideo.demo",
 )
 
 

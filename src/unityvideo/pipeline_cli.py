@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from unityvideo.assets import DEFAULT_CHECKPOINT
+
 if TYPE_CHECKING:
     from unityvideo.pipeline import StreamPlan
 
-# The shipped default checkpoint (a tiny model trained on the procedural world).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "tiny-world"
 VIDEO_SUFFIXES = (".mp4", ".mkv")
 DTYPES = ("float32", "bfloat16", "float16")
 

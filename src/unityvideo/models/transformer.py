@@ -434,7 +434,7 @@ def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTran
         raise ValueError(f"config has unknown fields {sorted(unknown)}")
     with torch.device("meta"):
         model = cls(**config)
-    if dtype is not None:
+    if dtype not in (None, torch.float32):  # parameters are created in fp32
         model = model.to(dtype)
         _keep_fp32(model)
     model = model.to_empty(device="cpu")
