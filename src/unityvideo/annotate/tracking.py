@@ -129,15 +129,18 @@ def masks_to_id_map(masks: np.ndarray, ids: list[int], scores: np.ndarray | None
 
 def track_masks(frames_masks: list[np.ndarray], frames_scores: list[np.ndarray] | None = None,
                 shape: tuple[int, int] | None = None, **tracker_options) -> tuple[np.ndarray, IoUTracker]:
-    """Per-frame instance masks [(N_t, H, W) bool] -> a (F, H, W) uint8 id map with ids kept over time."""
+    """Per-frame instance masks [(N_t, H, W) bool] -> a (F, H, W) uint8 id map with ids kept over time.
+    tracker.frame_ids[t][k] is the id given to frames_masks[t][k] (0: dropped)."""
     if shape is None:
         shape = next((m.shape[1:] for m in frames_masks if len(m)), None)
         if shape is None:
             raise ValueError("track_masks: pass shape=(H, W) when no frame has a mask")
     tracker = IoUTracker(**tracker_options)
+    tracker.frame_ids = []
     out = np.zeros((len(frames_masks), *shape), np.uint8)
     for t, masks in enumerate(frames_masks):
         masks = np.asarray(masks, bool).reshape(-1, *shape)
         ids = tracker.update(masks, mask_box_iou)
+        tracker.frame_ids.append(ids)
         out[t] = masks_to_id_map(masks, ids, None if frames_scores is None else frames_scores[t], shape)
     return out, tracker

@@ -29,14 +29,12 @@ def finish_instances(frames_masks: list[np.ndarray], frames_scores: list[np.ndar
     class of the track's first detection)."""
     ids, tracker = track_masks(frames_masks, frames_scores, shape=shape)
     kinds: dict[int, str] = {}
-    for t, labels in enumerate(frames_labels):
-        for k, label in enumerate(labels):
-            mask = frames_masks[t][k]
-            if mask.any():
-                values = np.bincount(ids[t][mask], minlength=64)
-                values[0] = 0
-                if values.any():
-                    kinds.setdefault(int(values.argmax()), label)
+    # The id each mask was given, not the id most of its pixels show: a higher-scored mask painted
+    # over most of it would hand its label to the wrong track (and leave its own track "object").
+    for labels, given in zip(frames_labels, tracker.frame_ids):
+        for label, i in zip(labels, given):
+            if i:
+                kinds.setdefault(int(i), label)
     instances = [{"id": i, "kind": kinds.get(i, "object")} for i in sorted(set(np.unique(ids).tolist()) - {0})]
     return Annotation(ids, meta={"instances": instances, "tracking_dropped": tracker.dropped})
 
@@ -94,7 +92,8 @@ class MediaPipePeople(Teacher):
 
 
 class TransformersSegmentation(Teacher):
-    """Mask2Former / MaskFormer / OneFormer from a local folder, instance post-processing."""
+    """Mask2Former / MaskFormer / OneFormer from a local folder, instance post-processing (OneFormer:
+    its processor with the task tokenizer, and the class_info_file its processor config names)."""
 
     modality = "segmentation"
     MODEL_TYPES = ("mask2former", "maskformer", "oneformer")
@@ -109,12 +108,29 @@ class TransformersSegmentation(Teacher):
         if self.model_type not in self.MODEL_TYPES:
             raise TeacherUnavailable(f"--segmentation-model {folder}: model type {self.model_type!r} is not supported; "
                                      f"use one of {self.MODEL_TYPES} or a SAM model")
+        if self.model_type == "oneformer":
+            self._processor = _oneformer_processor(folder)
         self.name = f"transformers-{self.model_type}:{folder.name}"
 
     def _inputs(self, images: list[np.ndarray]):
         if self.model_type == "oneformer":
             return self._processor(images=images, task_inputs=["instance"] * len(images), return_tensors="pt")
         return self._processor(images=images, return_tensors="pt")
+
+    def _post_process(self, outputs, count: int, shape: tuple[int, int]) -> list[dict]:
+        if self.model_type == "oneformer":
+            # OneFormer's PIL processor resizes to target_sizes with torchvision (a NameError without it):
+            # upsample the mask logits here instead, the same bilinear resize, and ask for no resize.
+            # Its instance post-processing thresholds score * mask *logits* (no sigmoid), so 0.5 would
+            # need logits >= 0.5 / score; 0 keeps logit > 0 = probability > 0.5, Mask2Former's rule.
+            import torch.nn.functional as F
+
+            outputs.masks_queries_logits = F.interpolate(outputs.masks_queries_logits, size=shape, mode="bilinear",
+                                                         align_corners=False)
+            return self._processor.post_process_instance_segmentation(outputs, threshold=self.threshold,
+                                                                      mask_threshold=0.0)
+        return self._processor.post_process_instance_segmentation(outputs, threshold=self.threshold,
+                                                                  target_sizes=[shape] * count)
 
     def annotate(self, frames: np.ndarray) -> Annotation:
         import torch
@@ -125,8 +141,7 @@ class TransformersSegmentation(Teacher):
         with torch.inference_mode():
             for part in batches(len(frames), self.batch_size):
                 outputs = self._model(**self._inputs(list(frames[part])).to(self.device))
-                results = self._processor.post_process_instance_segmentation(
-                    outputs, threshold=self.threshold, target_sizes=[shape] * (part.stop - part.start))
+                results = self._post_process(outputs, part.stop - part.start, shape)
                 for result in results:
                     segmentation = result["segmentation"].cpu().numpy()
                     infos = result["segments_info"]
@@ -134,6 +149,18 @@ class TransformersSegmentation(Teacher):
                     scores.append(np.array([info["score"] for info in infos], np.float32))
                     labels.append([str(id2label.get(info["label_id"], info["label_id"])) for info in infos])
         return finish_instances(masks, scores, labels, shape)
+
+
+def _oneformer_processor(folder: Path):
+    """OneFormer's full processor: the image processor alone leaves the task prompt ("the task is
+    instance") a string, and the model needs it tokenized."""
+    import transformers
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as error:
+        raise TeacherUnavailable(f"--segmentation-model {folder}: OneFormer needs its processor with the task "
+                                 f"tokenizer saved next to the model ({error})") from None
 
 
 class SamBoxes(Teacher):
