@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-OUT ?= out/world
+OUT ?= out/demo
 
 .PHONY: setup demo test test-torchvision world bench clean
 
@@ -18,7 +18,10 @@ $(BIN)/unityvideo: pyproject.toml
 setup: $(BIN)/unityvideo
 
 demo: setup
-	$(BIN)/unityvideo world --out $(OUT) --clips 8 --frames 16 --size 128 128 --preview
+	$(BIN)/unityvideo demo --out $(OUT)
+
+world: setup
+	$(BIN)/unityvideo world --out out/world --clips 8 --frames 16 --size 128 128 --preview
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2
