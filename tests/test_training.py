@@ -279,3 +279,15 @@ def test_torchrun_two_processes_match_one(small_config, reference_run, tmp_path,
     assert max_difference(weights(run_dir / "export"), weights(reference_run / "export")) <= WEIGHT_ATOL
     state = json.loads((find_checkpoint(run_dir) / "state.json").read_text())
     assert state["world_size"] == 2 and state["parallel"] == parallel
+
+
+def test_a_shared_world_cache_gives_each_run_exactly_its_clips():
+    from unityvideo.data import ClipRecord
+    from unityvideo.training.config import WorldData
+    from unityvideo.training.data import world_records
+
+    cache = [ClipRecord(clip_id=f"{split}-{i:05d}", rgb=Path(f"{split}{i}.mp4"), split=split)
+             for split, n in (("train", 6), ("test", 3)) for i in range(n)]  # rendered by a bigger run
+    kept = world_records(cache, WorldData(clips=4, val_clips=2))
+    assert [r.clip_id for r in kept] == ["train-00000", "train-00001", "train-00002", "train-00003",
+                                         "test-00000", "test-00001"]

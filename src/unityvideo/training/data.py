@@ -57,12 +57,21 @@ def manifest_of(data: DataConfig, run_dir: Path) -> Path:
     return world_folder(data.world, run_dir) / "manifest.csv" if data.world else Path(data.manifest)
 
 
-def split_records(manifest: Path, val_manifest: str | None) -> tuple[list, list]:
+def world_records(records: list, world: WorldData) -> list:
+    """The clips a world config asks for: a shared cache may hold more (another run rendered more
+    clips with the same seed and geometry), and a run must train on exactly its own."""
+    wanted = {"train": world.clips, "test": world.val_clips}
+    return [r for r in records if r.split in wanted and int(r.clip_id.rsplit("-", 1)[1]) < wanted[r.split]]
+
+
+def split_records(manifest: Path, val_manifest: str | None, world: WorldData | None = None) -> tuple[list, list]:
     """(train records, validation records): rows with split train / test, or every row when the
     manifest has no splits (then validation comes only from `val_manifest`)."""
     from ..data import read_manifest
 
     records = read_manifest(manifest)
+    if world is not None:
+        records = world_records(records, world)
     has_splits = any(r.split for r in records)
     train = [r for r in records if r.split not in VAL_SPLITS] if has_splits else records
     val = [r for r in records if r.split in VAL_SPLITS] if has_splits else []

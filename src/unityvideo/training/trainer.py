@@ -143,7 +143,8 @@ class Trainer:
         for stage in cfg.stages:
             data = cfg.stage_data(stage)
             if id(data) not in built:
-                train_records, val_records = split_records(manifest_of(data, self.run_dir), data.val_manifest)
+                train_records, val_records = split_records(manifest_of(data, self.run_dir), data.val_manifest,
+                                                           data.world)
                 val = ClipStreams(val_records, data, cfg.train.seed) if val_records else None
                 built[id(data)] = (ClipStreams(train_records, data, cfg.train.seed), val)
             self.stage_clips.append(built[id(data)][0])
