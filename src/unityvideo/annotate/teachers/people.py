@@ -97,6 +97,18 @@ class _Cache:
 PEOPLE_CACHE = _Cache()
 
 
+def import_mediapipe(teacher: str):
+    """mediapipe, or a TeacherUnavailable naming the built-in `teacher` that needs it."""
+    from .base import TeacherUnavailable
+
+    try:
+        import mediapipe
+    except ImportError as error:
+        raise TeacherUnavailable(f"the built-in {teacher} teacher needs mediapipe==0.10.14 ({error}); "
+                                 "pip install 'unityvideo[annotate]'") from None
+    return mediapipe
+
+
 def detect_people(frames: np.ndarray, upscale: float = 1.0, min_score: float = 0.3,
                   max_age: int = 4) -> PersonBoxes:
     """HOG person boxes in every frame, tracked over the clip (IoU >= 0.3 keeps an id). A track

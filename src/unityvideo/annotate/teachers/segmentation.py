@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from ..tracking import track_masks
 from .base import Annotation, Teacher, TeacherUnavailable, batches, load_transformers, model_folder, resolve_device
-from .people import detect_people, square_crop
+from .people import detect_people, import_mediapipe, square_crop
 
 __all__ = ["MediaPipePeople", "TransformersSegmentation", "SamBoxes", "finish_instances"]
 
@@ -46,11 +46,7 @@ class MediaPipePeople(Teacher):
     name = "mediapipe-selfie-segmentation+opencv-hog"
 
     def __init__(self, threshold: float = 0.5, min_area: float = 0.002, hog_upscale: float = 1.0):
-        try:
-            import mediapipe as mp
-        except ImportError as error:
-            raise TeacherUnavailable(f"the built-in segmentation teacher needs mediapipe==0.10.14 ({error}); "
-                                     "pip install 'unityvideo[annotate]'") from None
+        mp = import_mediapipe("segmentation")
         import cv2
 
         self._cv2 = cv2

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..tracking import IoUTracker, box_iou
 from .base import Annotation, Teacher, TeacherUnavailable, load_transformers, model_folder, resolve_device
-from .people import detect_people, square_crop
+from .people import detect_people, import_mediapipe, square_crop
 
 __all__ = ["MediaPipePose", "TransformersViTPose", "BLAZEPOSE_TO_COCO", "persons_to_rows"]
 
@@ -68,11 +68,7 @@ class MediaPipePose(Teacher):
     name = "mediapipe-pose-full+opencv-hog"
 
     def __init__(self, visibility: float = 0.5, hog_upscale: float = 1.0, complexity: int = 1):
-        try:
-            import mediapipe as mp
-        except ImportError as error:
-            raise TeacherUnavailable(f"the built-in skeleton teacher needs mediapipe==0.10.14 ({error}); "
-                                     "pip install 'unityvideo[annotate]'") from None
+        mp = import_mediapipe("skeleton")
         import cv2
 
         self._cv2 = cv2
