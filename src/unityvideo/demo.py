@@ -30,11 +30,11 @@ def register(subparsers) -> None:
                    help="train a fresh model with the shipped recipe's curriculum instead of fine-tuning the "
                         "shipped checkpoint")
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default: 60 fine-tuning, 3000 from scratch)")
+                   help="training steps (default: 60 fine-tuning, 600 from scratch)")
     p.add_argument("--preset", default=None, help="model preset for --from-scratch (default: the shipped one, tiny)")
     p.add_argument("--train-clips", type=int, default=64, help="world clips to train on (default 64)")
-    p.add_argument("--test-clips", type=int, default=16, help="held-out clips to evaluate (default 16)")
-    p.add_argument("--eval-steps", type=int, default=20, help="denoising steps per generation (default 20)")
+    p.add_argument("--test-clips", type=int, default=8, help="held-out clips to evaluate (default 8)")
+    p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per generation (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run and the evaluation")
     p.set_defaults(func=run)
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out: Path = args.out
-    steps = args.steps or (3000 if args.from_scratch else 60)
+    steps = args.steps or (600 if args.from_scratch else 60)
     if steps < 1 or args.train_clips < 1 or args.test_clips < 2:
         raise ValueError("--steps and --train-clips must be >= 1 and --test-clips >= 2 (control is scored "
                          "against another clip's signal)")

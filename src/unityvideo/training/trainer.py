@@ -171,8 +171,9 @@ class Trainer:
                                  "preset/backbone start or drop them from the stages")
         elif m.backbone:
             model = UnityVideoTransformer.from_backbone(m.backbone, **unity, **m.overrides)
-        else:
-            model = UnityVideoTransformer.from_preset(m.preset, **{**unity, **m.overrides})
+        else:  # a preset takes its latent channels from the run's codec unless overridden
+            channels = dict(in_channels=self.codec.latent_channels)
+            model = UnityVideoTransformer.from_preset(m.preset, **{**unity, **channels, **m.overrides})
         model.train()
         self.num_params = sum(p.numel() for p in model.parameters())
         self.parallel = choose_parallel(cfg.train.parallel, rt, self.num_params, cfg.train.fsdp_min_params)
