@@ -178,9 +178,11 @@ def test_mask2former_instances_and_vitpose_keypoints(tmp_path, tiny_frames):
     teacher = build_teacher("skeleton", tmp_path / "vp", device="cpu")
     teacher.threshold = -np.inf  # a random model's heatmap peaks may be negative
     skeleton = teacher(tiny_frames)  # no HOG person in noise: the whole frame is the box
-    assert skeleton.shape == (3, 1, 17, 3)
+    # One box per frame, so one person per frame; a random model's keypoints jump between frames,
+    # so the rows they are tracked into depend on its weights.
+    assert skeleton.shape[0] == 3 and skeleton.shape[2:] == (17, 3) and 1 <= skeleton.shape[1] <= 3
     seen = skeleton[..., 2] == 2  # a random model also puts joints outside the frame (v = 0)
-    assert seen.any(-1).all() and set(np.unique(skeleton[..., 2])) <= {0.0, 2.0}
+    assert (seen.any(-1).sum(-1) == 1).all() and set(np.unique(skeleton[..., 2])) <= {0.0, 2.0}
     assert (skeleton[seen][:, 0] <= 63).all() and (skeleton[seen][:, 1] <= 47).all()
     assert (skeleton[~seen] == 0).all()
 
