@@ -22,7 +22,7 @@ from tqdm import tqdm
 from unityvideo.data.manifest import ClipRecord, write_manifest
 from unityvideo.data.raw import save_raw
 from unityvideo.data.video import write_video
-from unityvideo.modalities import MODALITY_NAMES, get_modality
+from unityvideo.modalities import MODALITY_NAMES, default_max_flow, depth_near, get_modality
 from unityvideo.world import WorldClip, WorldConfig, clip_seed, generate_clip
 
 MANIFEST_NAME = "manifest.csv"
@@ -66,17 +66,13 @@ def clip_id(split: str, index: int) -> str:
 
 def encode_streams(clip: WorldClip) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Encode every modality of a clip as RGB frames; returns the frames and the decoding hints."""
-    finite = clip.depth[np.isfinite(clip.depth)]
-    hints = {
-        "depth_near": float(finite.min()) if finite.size else 1.0,
-        "flow_max": float(max(clip.rgb.shape[1:3]) / 8),
-    }
+    size = clip.rgb.shape[1:3]
+    hints = {"depth_near": depth_near(clip.depth), "flow_max": default_max_flow(*size)}
+    # Every encoder ignores the hints it does not use.
+    encode_hints = {"near": hints["depth_near"], "max_flow": hints["flow_max"], "size": size}
     streams = {"rgb": clip.rgb}
-    streams["depth"] = get_modality("depth").encode(clip.depth, near=hints["depth_near"])
-    streams["flow"] = get_modality("flow").encode(clip.flow, max_flow=hints["flow_max"])
-    for name in ("segmentation", "skeleton", "densepose"):
-        streams[name] = get_modality(name).encode(getattr(clip, name), size=clip.rgb.shape[1:3]) \
-            if name == "skeleton" else get_modality(name).encode(getattr(clip, name))
+    for name in MODALITY_NAMES:
+        streams[name] = get_modality(name).encode(getattr(clip, name), **encode_hints)
     return streams, hints
 
 
