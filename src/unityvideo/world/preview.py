@@ -19,12 +19,13 @@ GAP = 6
 def stream_pictures(record: ClipRecord) -> dict[str, np.ndarray]:
     """Read a clip's videos back from disk and turn each into the picture people expect to see."""
     pictures = {"rgb": read_video(record.rgb)}
-    hints = {"depth": {"near": record.depth_near}, "flow": {"max_flow": record.flow_max}}
     for name in MODALITY_NAMES:
         if record.modalities.get(name):
-            modality = get_modality(name)
-            raw = modality.decode(read_video(record.modalities[name]), **hints.get(name, {}))
-            pictures[name] = modality.visualize(raw) if name in ("depth", "flow") else read_video(record.modalities[name])
+            frames = read_video(record.modalities[name])
+            if name in ("depth", "flow"):  # their encodings are not the usual picture: decode, then draw
+                modality = get_modality(name)
+                frames = modality.visualize(modality.decode(frames, **record.hints()))
+            pictures[name] = frames
     return pictures
 
 
