@@ -63,6 +63,21 @@ def test_streams_side_by_side_equal_wan_on_a_wide_canvas():
     assert (ours - wan).abs().max().item() <= 1e-5
 
 
+def test_shared_stream_positions_give_every_stream_the_single_stream_rope():
+    """stream_positions="shared": each stream's RoPE is the one-stream table (aligned tokens of two
+    streams have zero relative rotation); side_by_side differs from it for the second stream."""
+    grid = (F, H // 2, W // 2)
+    n = grid[0] * grid[1] * grid[2]
+    single = tiny()._stream_rope(1, grid)[0]
+    shared = tiny(stream_positions="shared")._stream_rope(3, grid)[0]
+    side = tiny()._stream_rope(3, grid)[0]
+    for s in range(3):
+        assert torch.equal(shared[:, s * n:(s + 1) * n], single)
+    assert not torch.equal(side[:, n:2 * n], single)
+    with pytest.raises(ValueError, match="stream_positions"):
+        tiny(stream_positions="diagonal")
+
+
 def reference_block(block, x, contexts, modulation, rope):
     """Slow, obvious per-stream Wan block: loops over streams for modulation and cross-attention."""
     chunks = lambda h: h.chunk(len(contexts), dim=1)  # noqa: E731
@@ -86,7 +101,7 @@ def test_forward_equals_a_per_stream_reference():
     with torch.no_grad():
         ours = model(streams)
         x = torch.cat([model._embed(s) for s in streams], 1)
-        rope = model._side_by_side_rope(3, (F, H // 2, W // 2))
+        rope = model._stream_rope(3, (F, H // 2, W // 2))
         temb = model._timestep_embeddings(streams, torch.float32)
         emb = model.backbone.condition_embedder
         modulation = emb.time_proj(emb.act_fn(temb)).unflatten(2, (6, -1))

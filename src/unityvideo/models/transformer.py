@@ -46,6 +46,7 @@ BACKBONE_KEYS = (
     "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len",
 )
 
+STREAM_POSITIONS = ("side_by_side", "shared")
 PRESETS: dict[str, dict] = {
     # 16-frame 64x64 world clips through the 4x4 pixel codec (48 channels); MiniLM text (384-d).
     "tiny": dict(num_attention_heads=4, attention_head_dim=32, ffn_dim=512, num_layers=4,
@@ -141,7 +142,10 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
     `adaln_table` (modality-aware AdaLN table), `in_context` (False: every stream sees the RGB
     stream's caption), `experts` ("per_modality", "shared": one expert for all modalities as in the
     authors' code, "none": the RGB patch embedding and head for all), `shared_timestep` (every stream
-    gets the largest timestep of its sample, i.e. the noisy stream's, as in the authors' code).
+    gets the largest timestep of its sample, i.e. the noisy stream's, as in the authors' code),
+    `stream_positions` ("side_by_side": stream s gets RoPE width positions offset by s * W, the
+    paper's layout; "shared": every stream reuses the same positions, so pixel-aligned tokens of two
+    streams have zero relative rotation).
     """
 
     _supports_gradient_checkpointing = True
@@ -155,6 +159,7 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         in_context: bool = True,
         experts: str = "per_modality",
         shared_timestep: bool = False,
+        stream_positions: str = "side_by_side",
         patch_size: Sequence[int] = (1, 2, 2),
         num_attention_heads: int = 40,
         attention_head_dim: int = 128,
@@ -172,6 +177,8 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         super().__init__()
         modalities = tuple(modalities)
         _check_modalities(modalities, experts)
+        if stream_positions not in STREAM_POSITIONS:
+            raise ValueError(f"stream_positions={stream_positions!r}; choose one of {STREAM_POSITIONS}")
         self.backbone = WanTransformer3DModel(
             patch_size=tuple(patch_size), num_attention_heads=num_attention_heads,
             attention_head_dim=attention_head_dim, in_channels=in_channels,
@@ -262,7 +269,7 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         grid = (frames // p_t, height // p_h, width // p_w)
 
         x = torch.cat([self._embed(s) for s in streams], dim=1)  # (B, S * N, D)
-        rope = self._side_by_side_rope(len(streams), grid)
+        rope = self._stream_rope(len(streams), grid)
         context, context_mask = self._contexts(streams)
         temb = self._timestep_embeddings(streams, dtype=context.dtype)  # (B, S, D)
         embedder = self.backbone.condition_embedder
@@ -295,15 +302,18 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         key = self._expert_key(modality)
         return self.backbone if key is None else self.heads[key]
 
-    def _side_by_side_rope(self, num_streams: int, grid: tuple[int, int, int]):
-        """Wan's 3D RoPE for streams placed side by side in width, reordered stream-major."""
+    def _stream_rope(self, num_streams: int, grid: tuple[int, int, int]):
+        """Wan's 3D RoPE for S streams, stream-major: side by side in width, or shared positions."""
         pf, ph, pw = grid
-        if num_streams * pw > self.config.rope_max_seq_len:
+        canvas_streams = num_streams if self.config.stream_positions == "side_by_side" else 1
+        if canvas_streams * pw > self.config.rope_max_seq_len:
             raise ValueError(f"{num_streams} streams x {pw} latent patches wide exceed rope_max_seq_len="
                              f"{self.config.rope_max_seq_len}; use fewer streams or a larger rope_max_seq_len")
         p_t, p_h, p_w = self.config.patch_size
-        canvas = torch.empty(1, 1, pf * p_t, ph * p_h, num_streams * pw * p_w, device="meta")  # shape only
+        canvas = torch.empty(1, 1, pf * p_t, ph * p_h, canvas_streams * pw * p_w, device="meta")  # shape only
         cos, sin = self.backbone.rope(canvas)  # (1, F * H * S * W, 1, d), width-major within a row
+        if canvas_streams == 1:
+            return cos.repeat(1, num_streams, 1, 1), sin.repeat(1, num_streams, 1, 1)
 
         def stream_major(freqs):
             return freqs.view(pf, ph, num_streams, pw, -1).permute(2, 0, 1, 3, 4).reshape(1, -1, 1, freqs.shape[-1])
@@ -429,7 +439,7 @@ def _read_config(folder: Path) -> dict:
 def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTransformer:
     """Build on the meta device, then allocate uninitialised storage (the weights come from files)."""
     unknown = set(config) - set(BACKBONE_KEYS) - {"modalities", "adaln_table", "in_context", "experts",
-                                                  "shared_timestep"}
+                                                  "shared_timestep", "stream_positions"}
     if unknown:
         raise ValueError(f"config has unknown fields {sorted(unknown)}")
     with torch.device("meta"):
