@@ -352,3 +352,124 @@ def test_single_file_weights_with_a_wrong_tensor_shape(tmp_path):
 def test_default_modalities_match_the_registry():
     modalities = pytest.importorskip("unityvideo.modalities")
     assert UnityVideoTransformer.from_preset("tiny").config.modalities == tuple(modalities.MODALITY_NAMES)
+
+
+# ----- condition isolation and the condition cache ------------------------------------------------
+
+
+def control_streams(seed=0):
+    """rgb noisy, depth clean (control)."""
+    return [stream("rgb", seed=seed + 1), stream("depth", torch.zeros(B), seed=seed + 2)]
+
+
+def estimate_streams(seed=0):
+    """rgb clean, depth and flow noisy (estimate of two modalities)."""
+    return [stream("rgb", torch.zeros(B), seed=seed + 1), stream("depth", seed=seed + 2), stream("flow", seed=seed + 3)]
+
+
+@pytest.mark.parametrize("task", ["control", "estimate"])
+def test_condition_cache_equals_the_uncached_forward(task):
+    model = tiny(condition_isolation=True)
+    randomize_unity_parts(model)
+    streams = control_streams() if task == "control" else estimate_streams()
+    clean = [bool((s.timestep == 0).all()) for s in streams]
+    with torch.no_grad():
+        full = model(streams)
+        cache = model.cache_conditions([s.modality if not c else s for s, c in zip(streams, clean)])
+        cached = model([s for s, c in zip(streams, clean) if not c], condition_cache=cache)
+    expected = [v for v, c in zip(full, clean) if not c]
+    assert len(cached) == len(expected)
+    for a, b in zip(cached, expected):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_condition_cache_serves_stacked_cfg_passes():
+    """A cache of batch B serves a forward of batch k * B (sample i uses cache row i % B)."""
+    model = tiny(condition_isolation=True)
+    rgb, depth = control_streams()
+    with torch.no_grad():
+        cache = model.cache_conditions(["rgb", depth])
+        single = model([rgb], condition_cache=cache)[0]
+        doubled = Stream("rgb", torch.cat([rgb.latent] * 2), torch.cat([rgb.timestep] * 2),
+                         torch.cat([rgb.context] * 2))
+        stacked = model([doubled], condition_cache=cache)[0]
+    assert (stacked[:B] - single).abs().max() <= 1e-5 and (stacked[B:] - single).abs().max() <= 1e-5
+
+
+def test_isolated_condition_does_not_see_the_noisy_stream():
+    rgb, depth = control_streams()
+    other_rgb = stream("rgb", seed=7)
+    for isolation in (True, False):
+        model = tiny(condition_isolation=isolation)
+        with torch.no_grad():
+            a, b = model([rgb, depth])[1], model([other_rgb, depth])[1]
+        assert ((a - b).abs().max().item() == 0.0) == isolation
+
+
+def test_per_sample_mask_equals_the_split_when_samples_share_the_pattern(monkeypatch):
+    from unityvideo.models.transformer import MaskedAttention, SplitAttention
+
+    model = tiny(condition_isolation=True)
+    streams = estimate_streams()
+    with torch.no_grad():
+        split = model(streams)
+        assert isinstance(model._isolation_route(streams, 6), SplitAttention)
+        monkeypatch.setattr(model, "_isolation_route", lambda s, n: MaskedAttention(
+            model._stream_timesteps(s) == 0, n))
+        masked = model(streams)
+    for a, b in zip(split, masked):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_mixed_batch_isolates_each_sample_in_training():
+    """A training group mixing control (sample 0) and estimate (sample 1): each sample gets its own
+    isolation, equal to running it alone, and no gradient flows from a noisy stream into a clean one."""
+    model = tiny(condition_isolation=True)
+    rgb, depth = stream("rgb", torch.tensor([0.6, 0.0]), seed=1), stream("depth", torch.tensor([0.0, 0.3]), seed=2)
+    rgb.latent.requires_grad_(True)
+    depth.latent.requires_grad_(True)
+    out = model([rgb, depth])
+    for i in range(B):
+        alone = [Stream(s.modality, s.latent[i:i + 1].detach(), s.timestep[i:i + 1], s.context[i:i + 1])
+                 for s in (rgb, depth)]
+        with torch.no_grad():
+            ref = model(alone)
+        assert max((o[i:i + 1] - r).abs().max().item() for o, r in zip(out, ref)) <= 1e-5
+    # sample 0: depth is clean, rgb noisy; sample 1: rgb is clean, depth noisy
+    grad_rgb, = torch.autograd.grad(out[1][0].sum(), rgb.latent, retain_graph=True)
+    grad_depth, = torch.autograd.grad(out[0][1].sum(), depth.latent)
+    assert grad_rgb.abs().max() == 0 and grad_depth.abs().max() == 0
+
+
+def test_condition_cache_needs_the_flag_and_clean_conditions():
+    rgb, depth = control_streams()
+    with pytest.raises(ValueError, match="condition_isolation=True"):
+        tiny().cache_conditions(["rgb", depth])
+    with pytest.raises(ValueError, match="shared_timestep"):
+        tiny(condition_isolation=True, shared_timestep=True).cache_conditions(["rgb", depth])
+    model = tiny(condition_isolation=True)
+    with pytest.raises(ValueError, match="clean"):
+        model.cache_conditions(["depth", stream("rgb", seed=3)])
+    cache = model.cache_conditions(["rgb", depth])
+    with pytest.raises(ValueError, match="uncached ones"):
+        model([stream("depth")], condition_cache=cache)
+
+
+def test_isolated_and_cached_flops_match_torch_flop_counter():
+    model = tiny(condition_isolation=True)
+    streams = estimate_streams()
+
+    def sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    aten = torch.ops.aten
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa, aten._scaled_dot_product_attention_math: sdpa}
+    cfg = dict(model.config)
+    with torch.no_grad():
+        with FlopCounterMode(display=False, custom_mapping=mapping) as isolated:
+            model(streams)
+        cache = model.cache_conditions([streams[0], "depth", "flow"])
+        with FlopCounterMode(display=False, custom_mapping=mapping) as cached:
+            model(streams[1:], condition_cache=cache)
+    assert isolated.get_total_flops() == forward_flops(cfg, (C, F, H, W), 3, 5, batch=B, clean_streams=1)
+    assert cached.get_total_flops() == forward_flops(cfg, (C, F, H, W), 3, 5, batch=B, clean_streams=1, cached=True)

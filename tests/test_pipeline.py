@@ -295,3 +295,56 @@ def test_bfloat16_transformer_runs(checkpoint):
     out = pipe("a ball", task="joint", modalities=["depth"], num_inference_steps=2, generator=gen(0))
     assert pipe.dtype == torch.bfloat16 and out.frames["depth"].shape == (1, F, H, W, 3)
     assert out.latents["rgb"].dtype == torch.float32  # the scheduler integrates in fp32
+
+
+# ----- condition cache (a transformer trained with condition_isolation) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def isolated_pipe(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("isolated")
+    torch.manual_seed(0)
+    model = UnityVideoTransformer.from_preset("tiny", num_layers=2, condition_isolation=True)
+    with torch.no_grad():
+        model.modality_table.normal_(0, 0.5)
+    model.save_pretrained(folder / "transformer")
+    CheckpointSpec(modalities=LEARNED, tasks=ALL_TASKS, frames=F, size=(H, W), fps=8, shift=3.0).save(folder)
+    pipe = UnityVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("batch_cfg", [True, False])
+@pytest.mark.parametrize("task", ["control", "estimate"])
+def test_condition_cache_gives_the_uncached_result(isolated_pipe, task, batch_cfg):
+    """Text and modality guidance on: estimate's RGB condition sees the caption in one pass and the
+    negative prompt in the other (two caches), control's conditions are the same in both (one)."""
+    kwargs = dict(task=task, num_inference_steps=3, guidance_scale=3.0, modality_guidance_scale=2.0,
+                  output_type="latent", batch_cfg=batch_cfg, **REQUESTS[task])
+    kwargs.setdefault("prompt", "a person walks")
+    plain = isolated_pipe(generator=gen(0), **kwargs).latents
+    cached = isolated_pipe(generator=gen(0), cache_condition=True, **kwargs).latents
+    for name in plain:
+        assert (plain[name] - cached[name]).abs().max().item() <= 1e-5
+
+
+def test_condition_cache_steps_run_only_the_targets(isolated_pipe, monkeypatch):
+    seen = []
+    forward = isolated_pipe.transformer.forward
+
+    def recording(streams, condition_cache=None):
+        seen.append(([s.modality for s in streams], condition_cache is not None))
+        return forward(streams, condition_cache=condition_cache)
+
+    monkeypatch.setattr(isolated_pipe.transformer, "forward", recording)
+    isolated_pipe(task="control", conditions=REQUESTS["control"]["conditions"], num_inference_steps=2,
+                  guidance_scale=3.0, output_type="latent", cache_condition=True)
+    assert seen == [(["rgb"], True)] * 2  # cond and text passes in one batched forward per step
+
+
+def test_condition_cache_needs_a_model_trained_for_it(pipe, isolated_pipe):
+    with pytest.raises(ValueError, match="condition_isolation=True"):
+        pipe(task="control", conditions=REQUESTS["control"]["conditions"], num_inference_steps=1,
+             cache_condition=True)
+    with pytest.raises(ValueError, match="control and estimate"):
+        isolated_pipe("a ball", task="t2v", num_inference_steps=1, cache_condition=True)

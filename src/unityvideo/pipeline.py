@@ -23,6 +23,11 @@ the joint task samples each stream's t independently, so t = 1 is "this modality
 streams keep their modality prompt in every pass (it names the stream, it is not a condition).
 g_mod applies to control (condition = modality videos) and estimate (condition = the RGB video).
 
+Condition cache (`cache_condition=True`, control and estimate): with a transformer trained with
+`condition_isolation=True` the clean condition streams never attend to the noisy ones, so their
+per-layer keys and values are computed once per generation (per distinct condition context) and
+every step runs only the target streams over them. Same result as without the cache, to rounding.
+
 The model is called with t = the scheduler's sigma (flow matching: x_t = (1 - t) x_0 + t eps), not
 its rounded integer timestep, so Euler and UniPC see the exact t of the sample they step.
 """
@@ -44,7 +49,7 @@ from tqdm.auto import tqdm
 from .models.checkpoint import TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec
 from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, load_codec
 from .models.text import TextEncoder, load_text_encoder
-from .models.transformer import RGB, Stream, UnityVideoTransformer
+from .models.transformer import RGB, ConditionCache, Stream, UnityVideoTransformer
 from .modalities import canonical_name, default_max_flow, get_modality
 
 __all__ = [
@@ -288,6 +293,7 @@ class UnityVideoPipeline:
         decode_hints: Mapping[str, Mapping[str, Any]] | None = None,
         output_type: str = "np",
         batch_cfg: bool = True,
+        cache_condition: bool = False,
     ) -> UnityVideoPipelineOutput:
         """Generate (or estimate) the target streams of `task`.
 
@@ -303,6 +309,8 @@ class UnityVideoPipeline:
             relative depth; flow max_flow = max(H, W) / 8).
         output_type: "np" (frames + raw) or "latent" (latents only, no decoding).
         batch_cfg: run the guidance passes as one batched forward (False: one forward each, less memory).
+        cache_condition: compute the condition streams' keys and values once and reuse them in every
+            step (control, estimate; needs a transformer trained with condition_isolation=True).
         """
         conditions = dict(conditions or {})
         if video is not None:
@@ -322,6 +330,8 @@ class UnityVideoPipeline:
         if g_mod != 1.0 and not plan.condition_names:
             raise ValueError(f"modality_guidance_scale applies to control and estimate (a condition stream); "
                              f"task {task!r} has none")
+        if cache_condition:
+            self._check_cache_condition(plan)
 
         videos = {name: _as_video(conditions[name], name) for name in plan.condition_names}
         batch = _batch_size(prompt, videos)
@@ -348,6 +358,7 @@ class UnityVideoPipeline:
                              device=device, dtype=torch.float32)
             dropped = {name: z[:, i] for i, name in enumerate(plan.condition_names)}
 
+        caches = self._condition_caches(plan, clean, contexts, passes, batch, batch_cfg) if cache_condition else {}
         scheduler = _fresh_scheduler(self.scheduler, self.spec.shift if shift is None and self.spec else shift)
         scheduler.set_timesteps(num_inference_steps, device=device)
         if hasattr(scheduler, "set_begin_index"):
@@ -355,7 +366,7 @@ class UnityVideoPipeline:
         for i, timestep in enumerate(tqdm(scheduler.timesteps, desc=f"{task} denoising", **self._progress_config)):
             sigma = float(scheduler.sigmas[i])
             velocity = self._guided_velocity(plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod,
-                                             batch_cfg)
+                                             batch_cfg, caches)
             x = scheduler.step(velocity, timestep, x, return_dict=False)[0].float()
 
         latents = {**{n: x[:, k] for k, n in enumerate(plan.target_names)}, **clean}
@@ -412,16 +423,49 @@ class UnityVideoPipeline:
         dtype, device = self.dtype, self.device
         return {n: {p: (f.to(device, dtype), m.to(device)) for p, (f, m) in d.items()} for n, d in out.items()}
 
+    def _check_cache_condition(self, plan: StreamPlan) -> None:
+        if not plan.condition_names:
+            raise ValueError(f"cache_condition applies to control and estimate (tasks with a clean condition "
+                             f"stream); task {plan.task!r} has none")
+        if not self.transformer.config.condition_isolation:
+            raise ValueError("cache_condition=True needs a transformer trained with condition_isolation=True; in "
+                             "this one the condition streams attend to the noisy ones, so their keys change "
+                             "every step and cannot be cached. Run without cache_condition.")
+
+    def _condition_caches(self, plan: StreamPlan, clean: dict, contexts: dict, passes: list[str],
+                          batch: int, batch_cfg: bool) -> dict[tuple[str, ...], ConditionCache]:
+        """A ConditionCache per forward group (see `_forward_groups`) of the guidance passes whose
+        conditions are clean (every pass but "modality", where they are noise). Passes whose condition
+        streams see the same contexts share one cache; others are stacked along the batch, once."""
+        caches: dict[str, ConditionCache] = {}
+        for kind in passes:
+            if kind == "modality":
+                continue
+            twin = next((k for k in caches if all(_same_context(contexts[n][k], contexts[n][kind])
+                                                  for n in plan.condition_names)), None)
+            if twin is not None:
+                caches[kind] = caches[twin]
+                continue
+            zeros = torch.zeros(batch, device=self.device)
+            layout = [Stream(n, clean[n].to(self.dtype), zeros, *contexts[n][kind]) if n in clean else n
+                      for n in plan.streams]
+            caches[kind] = self.transformer.cache_conditions(layout)
+        groups = _forward_groups(passes, set(caches), batch_cfg)
+        return {tuple(g): _stack_caches([caches[k] for k in g]) for g in groups if g[0] in caches}
+
     def _pass_streams(self, plan: StreamPlan, x: torch.Tensor, sigma: float, clean: dict, dropped: dict,
-                      contexts: dict, kind: str) -> list[Stream]:
+                      contexts: dict, kind: str, cached: bool = False) -> list[Stream]:
         """The streams of one guidance pass: targets at t = sigma, conditions clean at t = 0, or (the
-        modality-unconditional pass) replaced by noise at t = 1."""
+        modality-unconditional pass) replaced by noise at t = 1. cached: targets only (the conditions
+        are in a ConditionCache)."""
         streams, k = [], 0
         batch = x.shape[0]
         for name, is_target in zip(plan.streams, plan.targets):
             if is_target:
                 latent, t = x[:, k], sigma
                 k += 1
+            elif cached:
+                continue
             elif kind == "modality":
                 latent, t = dropped[name], 1.0
             else:
@@ -431,18 +475,27 @@ class UnityVideoPipeline:
                                   torch.full((batch,), t, device=x.device), feats, mask))
         return streams
 
-    def _predict(self, streams: list[Stream], plan: StreamPlan) -> torch.Tensor:
+    def _predict(self, streams: list[Stream], plan: StreamPlan, cache: ConditionCache | None = None) -> torch.Tensor:
         """Target velocities (B, T, C, F, H, W) in fp32 from one forward."""
+        if cache is not None:  # the streams are the targets already
+            return torch.stack(self.transformer(streams, condition_cache=cache), dim=1).float()
         out = self.transformer(streams)
         return torch.stack([v for v, t in zip(out, plan.targets) if t], dim=1).float()
 
-    def _guided_velocity(self, plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod, batch_cfg):
-        per_pass = [self._pass_streams(plan, x, sigma, clean, dropped, contexts, kind) for kind in passes]
-        if batch_cfg and len(per_pass) > 1:  # one forward: the passes stacked along the batch
-            merged = [_cat_streams([p[s] for p in per_pass]) for s in range(len(plan.streams))]
-            v = dict(zip(passes, self._predict(merged, plan).chunk(len(passes), dim=0)))
-        else:
-            v = {kind: self._predict(streams, plan) for kind, streams in zip(passes, per_pass)}
+    def _guided_velocity(self, plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod, batch_cfg,
+                         caches=None):
+        caches = caches or {}
+        cached_kinds = {k for group in caches for k in group}
+        v = {}
+        for kinds in _forward_groups(passes, cached_kinds, batch_cfg):
+            cache = caches.get(tuple(kinds))
+            per_pass = [self._pass_streams(plan, x, sigma, clean, dropped, contexts, kind, cache is not None)
+                        for kind in kinds]
+            if len(per_pass) == 1:
+                streams = per_pass[0]
+            else:  # one forward: the passes stacked along the batch
+                streams = [_cat_streams([p[s] for p in per_pass]) for s in range(len(per_pass[0]))]
+            v.update(zip(kinds, self._predict(streams, plan, cache).chunk(len(kinds), dim=0)))
         guided = v["cond"]
         if "text" in v:
             guided = guided + (g_text - 1.0) * (v["cond"] - v["text"])
@@ -506,6 +559,27 @@ def _as_list(text: str | Sequence[str], batch: int, what: str) -> list[str]:
     if len(texts) != batch:
         raise ValueError(f"{what}: {len(texts)} texts for a batch of {batch}")
     return texts
+
+
+def _forward_groups(passes: list[str], cached: set[str], batch_cfg: bool) -> list[list[str]]:
+    """Which guidance passes share a forward: all of them when batched, except that passes served by a
+    condition cache (targets only) and passes without one (every stream) have different streams."""
+    if not batch_cfg:
+        return [[kind] for kind in passes]
+    with_cache = [k for k in passes if k in cached]
+    without = [k for k in passes if k not in cached]
+    return [group for group in (with_cache, without) if group]
+
+
+def _stack_caches(caches: list[ConditionCache]) -> ConditionCache:
+    """One cache for passes stacked along the batch: a shared cache is repeated by the model itself."""
+    if all(c is caches[0] for c in caches):
+        return caches[0]
+    return ConditionCache.cat(caches)
+
+
+def _same_context(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    return a[0].shape == b[0].shape and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def _cat_streams(streams: list[Stream]) -> Stream:

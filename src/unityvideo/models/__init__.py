@@ -4,6 +4,7 @@ from .codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, PixelCodec, WanV
 from .text import TextEncoder, load_text_encoder
 from .transformer import (
     DEFAULT_MODALITIES,
+    ConditionCache,
     PRESET_CODECS,
     PRESETS,
     RGB,
@@ -13,7 +14,7 @@ from .transformer import (
 )
 
 __all__ = [
-    "CODEC_GEOMETRY", "DEFAULT_MODALITIES", "LatentCodec", "LatentGeometry", "PixelCodec", "PRESET_CODECS",
+    "CODEC_GEOMETRY", "ConditionCache", "DEFAULT_MODALITIES", "LatentCodec", "LatentGeometry", "PixelCodec", "PRESET_CODECS",
     "PRESETS", "RGB", "Stream", "TextEncoder", "UnityVideoTransformer", "WanVAECodec", "forward_flops",
     "load_codec", "load_text_encoder",
 ]

@@ -15,6 +15,11 @@ Layout: streams sit side by side in width for RoPE (stream s gets width position
 are concatenated along the sequence in memory, so a stream is a slice of (B, S * N, D), and per-stream
 modulation / cross-attention are a reshape to (B, S, N, D) or (B * S, N, D). With a single RGB stream
 the forward is exactly the backbone's forward.
+
+Condition isolation (config `condition_isolation`, off by default): clean condition streams (t = 0)
+attend only to clean streams, while noisy streams attend to everything. A clean stream's tokens then
+never depend on the noisy ones, so at inference its per-layer keys and values can be computed once
+(`cache_conditions`) and reused by every denoising step (`forward(streams, condition_cache=...)`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -30,8 +35,14 @@ import torch
 import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.normalization import FP32LayerNorm
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
+from diffusers.models.transformers.transformer_wan import (
+    WanAttnProcessor,
+    WanRotaryPosEmbed,
+    WanTransformerBlock,
+    _get_qkv_projections,
+)
 from safetensors import safe_open
 
 RGB = "rgb"
@@ -107,10 +118,12 @@ def stream_block(
     context_mask: torch.Tensor | None,
     modulation: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
+    route: "AttentionRoute | None" = None,
 ) -> torch.Tensor:
     """One Wan block over S streams of N tokens each, x: (B, S * N, D).
 
-    Self-attention is joint over all tokens; each stream is modulated by its own (shift, scale, gate)
+    Self-attention is joint over all tokens (route: who attends to whom under condition isolation, see
+    `StreamAttnProcessor`); each stream is modulated by its own (shift, scale, gate)
     (modulation: (B, S, 6, D)) and cross-attends to its own context (context: (B * S, L, D)) with the
     block's shared weights. Same arithmetic as `WanTransformerBlock.forward`, so S = 1 is exact.
     """
@@ -123,7 +136,8 @@ def stream_block(
     shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = params.unbind(2)  # (B, S, 1, D)
 
     h = (per_stream(block.norm1(x.float())) * (1 + scale_msa) + shift_msa).flatten(1, 2).type_as(x)
-    attn = block.attn1(h, None, None, rope)
+    # Called through attn1 (not its sub-modules) so FSDP2's hooks on attn1 still gather its weights.
+    attn = block.attn1(h, None, None, rope) if route is None else block.attn1(h, None, None, rope, route=route)
     x = (per_stream(x.float()) + per_stream(attn) * gate_msa).flatten(1, 2).type_as(x)
 
     # Streams folded into the batch: one cross-attention call, each stream with its own context.
@@ -133,6 +147,173 @@ def stream_block(
     h = (per_stream(block.norm3(x.float())) * (1 + c_scale_msa) + c_shift_msa).flatten(1, 2).type_as(x)
     ff = block.ffn(h)
     return (per_stream(x.float()) + per_stream(ff.float()) * c_gate_msa).flatten(1, 2).type_as(x)
+
+
+# ----- condition isolation and the condition cache ------------------------------------------------
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved rotary embedding, the same arithmetic as `WanAttnProcessor` (where it is a
+    closure, so it cannot be imported)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def rotated_qkv(attn, hidden_states: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+    """Wan's self-attention inputs: projections (fused or not), qk-norm, heads, RoPE: (B, L, H, d) each."""
+    query, key, value = _get_qkv_projections(attn, hidden_states, None)
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+    return _apply_rope(query, *rope), _apply_rope(key, *rope), value
+
+
+class StreamAttnProcessor(WanAttnProcessor):
+    """Wan's attention processor with an optional `route` for self-attention.
+
+    route=None is Wan's processor unchanged. A route gets the rotated (query, key, value) and an
+    `attend(q, k, v, mask=None)` function (diffusers' attention dispatch, so the backend chosen with
+    `set_attention_backend` or `sdpa_kernel` applies) and returns the attention output (B, L, H, d).
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None, route: "AttentionRoute | None" = None):
+        if route is None:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        query, key, value = rotated_qkv(attn, hidden_states, rotary_emb)
+        out = route(query, key, value, self.attend)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
+
+    def attend(self, query, key, value, mask=None):
+        return dispatch_attention_fn(query, key, value, attn_mask=mask, backend=self._attention_backend)
+
+
+class AttentionRoute:
+    """Self-attention of one call: (query, key, value, attend) -> output, all (B, L, H, d)."""
+
+    def __call__(self, query, key, value, attend):
+        raise NotImplementedError
+
+
+class SplitAttention(AttentionRoute):
+    """The same streams are clean in every sample: clean queries over clean keys, the other queries
+    over all keys. Two attention calls and no dense mask, so flash / cuDNN kernels still apply."""
+
+    def __init__(self, clean: Sequence[bool], tokens_per_stream: int, device: torch.device):
+        streams = torch.tensor(clean, device=device)
+        token_clean = streams.repeat_interleave(tokens_per_stream)
+        self.clean_tokens = token_clean.nonzero().squeeze(1)
+        self.noisy_tokens = (~token_clean).nonzero().squeeze(1)
+        self.inverse = torch.cat([self.clean_tokens, self.noisy_tokens]).argsort()  # back to sequence order
+
+    def __call__(self, query, key, value, attend):
+        out_clean = attend(*(t.index_select(1, self.clean_tokens) for t in (query, key, value)))
+        out_noisy = attend(query.index_select(1, self.noisy_tokens), key, value)
+        return torch.cat([out_clean, out_noisy], dim=1).index_select(1, self.inverse)
+
+
+class MaskedAttention(AttentionRoute):
+    """Samples of one call differ in which streams are clean (mixed tasks in a training group): a
+    per-sample boolean mask. Correct for any pattern, but dense (B, 1, L, L) and kernels that take no
+    mask fall back to slower ones."""
+
+    def __init__(self, clean: torch.Tensor, tokens_per_stream: int):
+        self.mask = isolation_mask(clean, tokens_per_stream)
+
+    def __call__(self, query, key, value, attend):
+        return attend(query, key, value, self.mask)
+
+
+def isolation_mask(clean: torch.Tensor, tokens_per_stream: int) -> torch.Tensor:
+    """(B, 1, L, L) bool, True = may attend: a clean query sees only clean keys. clean: (B, S) bool."""
+    tokens = clean.repeat_interleave(tokens_per_stream, dim=1)
+    return ~(tokens[:, :, None] & ~tokens[:, None, :])[:, None]
+
+
+@dataclass
+class RecordingAttention(AttentionRoute):
+    """Plain attention that keeps every layer's keys and values, in call order (builds a cache)."""
+
+    keys: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+
+    def __call__(self, query, key, value, attend):
+        self.keys.append(key)
+        self.values.append(value)
+        return attend(query, key, value)
+
+
+@dataclass
+class CachedAttention(AttentionRoute):
+    """Queries of the computed streams over their own keys and one layer of a condition cache, the keys
+    merged in layout order (the order the uncached forward uses, so results agree to rounding)."""
+
+    key: torch.Tensor  # (B_cache, S_cached * N, H, d)
+    value: torch.Tensor
+    cached: tuple[bool, ...]  # per stream of the layout: True = from the cache
+
+    def __call__(self, query, key, value, attend):
+        return attend(query, self._merge(key, self.key), self._merge(value, self.value))
+
+    def _merge(self, computed: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
+        if computed.shape[0] != cached.shape[0]:  # CFG passes stacked on a cache of one pass
+            cached = cached.repeat(computed.shape[0] // cached.shape[0], 1, 1, 1)
+        parts = {True: list(cached.chunk(sum(self.cached), dim=1)),
+                 False: list(computed.chunk(len(self.cached) - sum(self.cached), dim=1))}
+        return torch.cat([parts[c].pop(0) for c in self.cached], dim=1)
+
+
+@dataclass
+class ConditionCache:
+    """Self-attention keys and values of clean condition streams, one pair per layer.
+
+    Built once by `UnityVideoTransformer.cache_conditions` and passed to every denoising step as
+    `forward(open_streams, condition_cache=cache)`. Valid only under `condition_isolation`: a clean
+    stream never attends to noisy ones, so its tokens (hence its keys and values) do not depend on the
+    noisy streams or their timestep. A forward whose batch is k times the cache's uses cache row
+    i % batch for sample i (CFG passes stacked along the batch share one cache).
+    """
+
+    layout: tuple[str, ...]  # every stream's modality, in model order
+    cached: tuple[bool, ...]  # True where the stream comes from the cache
+    grid: tuple[int, int, int]  # latent patches (F, H, W) per stream
+    keys: list[torch.Tensor]  # per layer, (B, S_cached * N, H, d), RoPE applied
+    values: list[torch.Tensor]
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def open_modalities(self) -> tuple[str, ...]:
+        """The streams a forward with this cache must give, in order."""
+        return tuple(m for m, c in zip(self.layout, self.cached) if not c)
+
+    @staticmethod
+    def cat(caches: Sequence["ConditionCache"]) -> "ConditionCache":
+        """Caches of the same layout stacked along the batch (CFG passes whose conditions differ)."""
+        first = caches[0]
+        if any(c.layout != first.layout or c.cached != first.cached or c.grid != first.grid for c in caches):
+            raise ValueError("only caches of one stream layout and grid can be stacked")
+        return ConditionCache(first.layout, first.cached, first.grid,
+                              [torch.cat(k) for k in zip(*(c.keys for c in caches))],
+                              [torch.cat(v) for v in zip(*(c.values for c in caches))])
+
+    def check(self, streams: Sequence[Stream], grid: tuple[int, int, int]) -> None:
+        given = tuple(s.modality for s in streams)
+        if given != self.open_modalities:
+            raise ValueError(f"condition_cache: the streams must be the layout's uncached ones "
+                             f"{list(self.open_modalities)} in order (layout {list(self.layout)}), got {list(given)}")
+        if tuple(grid) != tuple(self.grid):
+            raise ValueError(f"condition_cache: built for a latent grid of {self.grid} patches, the streams "
+                             f"have {grid}; build the cache from latents of the same size")
+        batch = streams[0].latent.shape[0]
+        if batch % self.batch:
+            raise ValueError(f"condition_cache: built for batch {self.batch}, the streams have batch {batch} "
+                             "(must be a multiple: one cache row per sample, repeated for stacked CFG passes)")
 
 
 class UnityVideoTransformer(ModelMixin, ConfigMixin):
@@ -145,7 +326,8 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
     gets the largest timestep of its sample, i.e. the noisy stream's, as in the authors' code),
     `stream_positions` ("side_by_side": stream s gets RoPE width positions offset by s * W, the
     paper's layout; "shared": every stream reuses the same positions, so pixel-aligned tokens of two
-    streams have zero relative rotation).
+    streams have zero relative rotation), `condition_isolation` (clean streams, t = 0, attend only to
+    clean streams; enables the inference-time condition cache, `cache_conditions`).
     """
 
     _supports_gradient_checkpointing = True
@@ -160,6 +342,7 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         experts: str = "per_modality",
         shared_timestep: bool = False,
         stream_positions: str = "side_by_side",
+        condition_isolation: bool = False,
         patch_size: Sequence[int] = (1, 2, 2),
         num_attention_heads: int = 40,
         attention_head_dim: int = 128,
@@ -195,6 +378,15 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         self.heads = nn.ModuleDict({k: OutputHead(dim, out_features, eps) for k in keys})
         self.init_unity_parameters()
         self.gradient_checkpointing = False
+        self.checkpoint_every = 1  # activation checkpointing policy: every k-th block (1 = all blocks)
+        for block in self.backbone.blocks:  # Wan's processor plus routes for condition isolation
+            block.attn1.set_processor(StreamAttnProcessor())
+        self._block_fn = stream_block
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """torch.compile the per-block function (`stream_block`), once for all blocks; the block loop,
+        routing decisions and heads stay eager. kwargs go to torch.compile (e.g. mode, backend)."""
+        self._block_fn = torch.compile(stream_block, **compile_kwargs)
 
     # ----- construction -------------------------------------------------------------------------
 
@@ -261,30 +453,95 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
 
     # ----- forward ------------------------------------------------------------------------------
 
-    def forward(self, streams: Sequence[Stream]) -> list[torch.Tensor]:
-        """Velocity for each stream, same shape as its latent (out_channels channels)."""
-        self._check_streams(streams)
-        batch, _, frames, height, width = streams[0].latent.shape
-        p_t, p_h, p_w = self.config.patch_size
-        grid = (frames // p_t, height // p_h, width // p_w)
+    def forward(self, streams: Sequence[Stream], condition_cache: ConditionCache | None = None) -> list[torch.Tensor]:
+        """Velocity for each stream, same shape as its latent (out_channels channels).
 
+        condition_cache: from `cache_conditions`; `streams` are then only the layout's uncached streams
+        (the noisy ones, in order), each attending to its own keys and the cached ones, and only their
+        velocities are returned.
+        """
+        self._check_streams(streams)
+        grid = self._grid(streams[0].latent)
+        if condition_cache is None:
+            slots, num_slots = list(range(len(streams))), len(streams)
+            routes = [self._isolation_route(streams, math.prod(grid))] * len(self.backbone.blocks)
+        else:
+            condition_cache.check(streams, grid)
+            slots = [i for i, c in enumerate(condition_cache.cached) if not c]
+            num_slots = len(condition_cache.layout)
+            routes = [CachedAttention(k, v, condition_cache.cached)
+                      for k, v in zip(condition_cache.keys, condition_cache.values)]
+        tokens, temb = self._run_blocks(streams, grid, slots, num_slots, routes)
+        return [self._unpatchify(apply_head(self._head(s.modality), tokens[:, i], temb[:, i]), grid)
+                for i, s in enumerate(streams)]
+
+    @torch.no_grad()
+    def cache_conditions(self, layout: Sequence[Stream | str]) -> ConditionCache:
+        """Run the clean condition streams once and keep every layer's self-attention keys and values.
+
+        layout: every stream in model order; a Stream is a clean condition (timestep 0) to cache, a
+        string the modality of a stream that each step will give, e.g. for control
+        `cache = model.cache_conditions(["rgb", Stream("depth", depth, 0.0, prompt)])`, then
+        `model([Stream("rgb", x_t, t, caption)], condition_cache=cache)` at every step.
+        """
+        conditions = [s for s in layout if isinstance(s, Stream)]
+        self._check_cacheable(layout, conditions)
+        grid = self._grid(conditions[0].latent)
+        recorder = RecordingAttention()
+        slots = [i for i, s in enumerate(layout) if isinstance(s, Stream)]
+        self._run_blocks(conditions, grid, slots, len(layout), [recorder] * len(self.backbone.blocks))
+        return ConditionCache(layout=tuple(s.modality if isinstance(s, Stream) else s for s in layout),
+                              cached=tuple(isinstance(s, Stream) for s in layout), grid=grid,
+                              keys=recorder.keys, values=recorder.values)
+
+    def _run_blocks(self, streams: Sequence[Stream], grid: tuple[int, int, int], slots: Sequence[int],
+                    num_slots: int, routes: Sequence[AttentionRoute | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed the streams (at layout positions `slots` of `num_slots`) and run every block.
+        Returns tokens (B, S, N, D) and the timestep embeddings (B, S, D)."""
         x = torch.cat([self._embed(s) for s in streams], dim=1)  # (B, S * N, D)
-        rope = self._stream_rope(len(streams), grid)
+        rope = self._stream_rope(num_slots, grid, slots)
         context, context_mask = self._contexts(streams)
         temb = self._timestep_embeddings(streams, dtype=context.dtype)  # (B, S, D)
         embedder = self.backbone.condition_embedder
         modulation = embedder.time_proj(embedder.act_fn(temb)).unflatten(2, (6, -1))  # (B, S, 6, D)
 
-        for block in self.backbone.blocks:
-            args = (block, x, context, context_mask, modulation, rope)
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(stream_block, *args)
+        for i, (block, route) in enumerate(zip(self.backbone.blocks, routes)):
+            args = (block, x, context, context_mask, modulation, rope, route)
+            if torch.is_grad_enabled() and self.gradient_checkpointing and i % self.checkpoint_every == 0:
+                x = self._gradient_checkpointing_func(self._block_fn, *args)
             else:
-                x = stream_block(*args)
+                x = self._block_fn(*args)
+        return x.unflatten(1, (len(streams), -1)), temb
 
-        tokens = x.unflatten(1, (len(streams), -1))
-        return [self._unpatchify(apply_head(self._head(s.modality), tokens[:, i], temb[:, i]), grid)
-                for i, s in enumerate(streams)]
+    def _isolation_route(self, streams: Sequence[Stream], tokens_per_stream: int) -> AttentionRoute | None:
+        """None (every token attends to every token) unless condition_isolation is on and some stream
+        is clean; then a split when all samples share one clean pattern, else a per-sample mask."""
+        if not self.config.condition_isolation:
+            return None
+        clean = self._stream_timesteps(streams) == 0  # (B, S), before shared_timestep rewrites it
+        if bool((clean == clean[:1]).all()):
+            if not bool(clean[0].any()) or bool(clean[0].all()):
+                return None  # nothing clean, or nothing noisy to hide from
+            return SplitAttention(clean[0].tolist(), tokens_per_stream, clean.device)
+        return MaskedAttention(clean, tokens_per_stream)
+
+    def _check_cacheable(self, layout: Sequence[Stream | str], conditions: Sequence[Stream]) -> None:
+        cfg = self.config
+        if not cfg.condition_isolation:
+            raise ValueError("cache_conditions needs a model trained with condition_isolation=True: without it "
+                             "clean condition streams attend to the noisy ones, so their keys change every step")
+        if cfg.shared_timestep:
+            raise ValueError("cache_conditions: shared_timestep=True gives condition streams the noisy stream's "
+                             "timestep, so their keys change every step; use a model with shared_timestep=False")
+        if not cfg.in_context:
+            raise ValueError("cache_conditions: the in_context=False ablation gives every stream the RGB caption, "
+                             "which the cached streams would not see; use a model with in_context=True")
+        if not conditions or len(conditions) == len(layout):
+            raise ValueError("cache_conditions: the layout needs at least one condition Stream to cache and "
+                             "one modality name (a stream given at each step)")
+        self._check_streams(conditions)
+        if not bool((self._stream_timesteps(conditions) == 0).all()):
+            raise ValueError("cache_conditions: condition streams must be clean (timestep 0 for every sample)")
 
     def _expert_key(self, modality: str) -> str | None:
         """Which expert a stream uses: None = the backbone's (RGB) patch embedding and head."""
@@ -302,7 +559,18 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         key = self._expert_key(modality)
         return self.backbone if key is None else self.heads[key]
 
-    def _stream_rope(self, num_streams: int, grid: tuple[int, int, int]):
+    def _grid(self, latent: torch.Tensor) -> tuple[int, int, int]:
+        """Latent patches (F, H, W) of one stream."""
+        return tuple(n // p for n, p in zip(latent.shape[2:], self.config.patch_size))
+
+    def _stream_rope(self, num_streams: int, grid: tuple[int, int, int], slots: Sequence[int] | None = None):
+        """Wan's 3D RoPE for the streams at layout positions `slots` (default: all) of S streams."""
+        cos, sin = self._layout_rope(num_streams, grid)
+        if slots is None or list(slots) == list(range(num_streams)):
+            return cos, sin
+        return tuple(f.unflatten(1, (num_streams, -1))[:, list(slots)].flatten(1, 2) for f in (cos, sin))
+
+    def _layout_rope(self, num_streams: int, grid: tuple[int, int, int]):
         """Wan's 3D RoPE for S streams, stream-major: side by side in width, or shared positions."""
         pf, ph, pw = grid
         canvas_streams = num_streams if self.config.stream_positions == "side_by_side" else 1
@@ -320,12 +588,17 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
 
         return stream_major(cos), stream_major(sin)
 
-    def _timestep_embeddings(self, streams: Sequence[Stream], dtype: torch.dtype) -> torch.Tensor:
-        """t_emb + L_m per stream, (B, S, D). The model sees 1000 * t (Wan's convention)."""
+    @staticmethod
+    def _stream_timesteps(streams: Sequence[Stream]) -> torch.Tensor:
+        """(B, S) float32 timesteps in [0, 1], as given."""
         batch = streams[0].latent.shape[0]
         device = streams[0].latent.device
-        t = torch.stack([torch.as_tensor(s.timestep, device=device, dtype=torch.float32).reshape(-1).expand(batch)
-                         for s in streams], dim=1)  # (B, S)
+        return torch.stack([torch.as_tensor(s.timestep, device=device, dtype=torch.float32).reshape(-1).expand(batch)
+                            for s in streams], dim=1)
+
+    def _timestep_embeddings(self, streams: Sequence[Stream], dtype: torch.dtype) -> torch.Tensor:
+        """t_emb + L_m per stream, (B, S, D). The model sees 1000 * t (Wan's convention)."""
+        t = self._stream_timesteps(streams)  # (B, S)
         if self.config.shared_timestep:
             t = t.amax(dim=1, keepdim=True).expand_as(t)
         embedder = self.backbone.condition_embedder
@@ -439,7 +712,7 @@ def _read_config(folder: Path) -> dict:
 def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTransformer:
     """Build on the meta device, then allocate uninitialised storage (the weights come from files)."""
     unknown = set(config) - set(BACKBONE_KEYS) - {"modalities", "adaln_table", "in_context", "experts",
-                                                  "shared_timestep", "stream_positions"}
+                                                  "shared_timestep", "stream_positions", "condition_isolation"}
     if unknown:
         raise ValueError(f"config has unknown fields {sorted(unknown)}")
     with torch.device("meta"):
@@ -517,26 +790,35 @@ def _load_weights(module: nn.Module, folder: Path) -> None:
 
 
 def forward_flops(config: dict, latent_shape: Sequence[int], num_streams: int, context_len: int,
-                  batch: int = 1) -> int:
+                  batch: int = 1, clean_streams: int = 0, cached: bool = False) -> int:
     """Matmul FLOPs (2 per multiply-add) of one forward, counted from the config.
 
     latent_shape: (C, F, H, W) of each stream. Counts every Linear / Conv3d / attention product; the
     elementwise work (norms, modulation, RoPE) is left out, as torch's FlopCounterMode does.
+    clean_streams: how many of the streams are clean conditions under `condition_isolation` (their
+    queries see only the clean keys). cached: those streams come from a ConditionCache, so only the
+    other streams are computed, their queries over all keys (the cache's one-time build is a forward
+    of the clean streams alone).
     """
     cfg = {**_init_defaults(), **config}
     dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     channels, frames, height, width = latent_shape
     patch = math.prod(cfg["patch_size"])
     out = (cfg["out_channels"] or cfg["in_channels"]) * patch
-    tokens = num_streams * frames * height * width // patch  # all streams
-    contexts = num_streams * context_len  # context tokens, one context per stream
-    t_rows = num_streams  # timestep embeddings (one per stream)
+    per_stream = frames * height * width // patch
+    all_tokens, clean_tokens = num_streams * per_stream, clean_streams * per_stream
+    computed_streams = num_streams - clean_streams if cached else num_streams
+    tokens = computed_streams * per_stream  # tokens projected, queried and fed through the FFN
+    contexts = computed_streams * context_len  # context tokens, one context per stream
+    t_rows = computed_streams  # timestep embeddings (one per stream)
+    # (query, key) pairs of self-attention: noisy queries see every key; clean ones only the clean keys
+    pairs = (all_tokens - clean_tokens) * all_tokens + (0 if cached else clean_tokens * clean_tokens)
 
     macs = tokens * channels * patch * dim  # patch embedding
     macs += contexts * (cfg["text_dim"] * dim + dim * dim)  # text_embedder (2 layers)
     macs += t_rows * (cfg["freq_dim"] * dim + dim * dim + dim * 6 * dim)  # time_embedder + time_proj
     per_block = 4 * tokens * dim * dim  # self-attention q, k, v, o
-    per_block += 2 * tokens * tokens * dim  # QK^T and AV over the joint sequence
+    per_block += 2 * pairs * dim  # QK^T and AV
     per_block += 2 * tokens * dim * dim + 2 * contexts * dim * dim  # cross-attention q, o and k, v
     per_block += 2 * tokens * context_len * dim  # cross-attention QK^T and AV, per stream
     per_block += 2 * tokens * dim * cfg["ffn_dim"]  # FFN

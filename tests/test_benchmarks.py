@@ -1,0 +1,90 @@
+"""The speed benchmarks run end to end on the CPU at a tiny size and write well-formed results; their
+FLOP counts agree with torch's FlopCounterMode."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--preset", "tiny", "--layers", "1", "--shape", "4x32x32", "--warmup", "1", "--device", "cpu",
+        "--check-flops"]
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "train.json"
+    load("train_step").main([*TINY, "--steps", "2", "--tasks", "t2v,control,t2v-authors", "--out", str(out)])
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def generate_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "generate.json"
+    tasks = "t2v,control-isolated,control-cached,estimate-isolated,estimate-cached,wan"
+    load("generate").main([*TINY, "--steps", "2", "--tasks", tasks, "--out", str(out)])
+    return json.loads(out.read_text())
+
+
+def test_train_step_writes_every_task_and_the_baselines(train_results):
+    rows = {r["task"]: r for r in train_results["results"]}
+    assert list(rows) == ["t2v", "control", "t2v-authors", "wan (1x tokens)", "wan (2x tokens)"]
+    assert train_results["environment"]["measured_peak_tflops"] > 0
+    assert train_results["geometry"]["latent_per_stream"] == [48, 4, 8, 8]
+    for row in rows.values():
+        assert row["step_time_s"] > 0 and len(row["step_times_s"]) == 2
+        assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["step_time_s"])
+        assert 0 < row["mfu"] < 1.5 and row["peak_memory_mib"] > 0
+        # model FLOPs are 3 x forward; the counted ones add attention's recomputation in its backward
+        # and lack the unneeded input gradient of the first layers: a few percent apart at this size
+        assert row["counted_flops"] == pytest.approx(row["flops_per_step"], rel=0.1)
+    assert rows["t2v"]["tokens"] * 2 == rows["control"]["tokens"] == rows["wan (2x tokens)"]["tokens"]
+    assert "overhead_vs_wan_pct" in rows["t2v"] and "overhead_vs_wan_pct" in rows["control"]
+    assert rows["t2v-authors"]["time_vs_ours_t2v"] > 0
+
+
+def test_generate_flops_match_the_counter_and_the_cache_matches(generate_results):
+    rows = {r["task"]: r for r in generate_results["results"]}
+    assert set(rows) == {"t2v", "control-isolated", "control-cached", "estimate-isolated", "estimate-cached", "wan"}
+    for row in rows.values():
+        assert row["counted_flops"] == row["flops_per_generation"]
+        assert row["generation_s"] > 0 and row["step_s"] == pytest.approx(row["generation_s"] / 2)
+    for task in ("control", "estimate"):
+        cached = rows[f"{task}-cached"]
+        assert cached["max_abs_diff_vs_isolated"] <= 1e-4
+        assert cached["flops_per_generation"] < rows[f"{task}-isolated"]["flops_per_generation"]
+        assert cached["speedup_vs_isolated"] > 0
+    estimate = generate_results["model"]["cache_estimate_mib"]
+    assert rows["control-cached"]["cache_mib"] == pytest.approx(estimate)  # one build: one condition context
+    assert rows["estimate-cached"]["cache_mib"] == pytest.approx(2 * estimate)  # caption and negative prompt
+    assert "overhead_vs_wan_pct" in rows["t2v"]
+
+
+def test_generate_prints_the_table_last(generate_results, capsys, tmp_path):
+    load("generate").main(["--preset", "tiny", "--layers", "1", "--shape", "4x32x32", "--steps", "1",
+                           "--warmup", "0", "--device", "cpu", "--tasks", "t2v", "--out", str(tmp_path / "g.json")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3].startswith("| task |") and lines[-1].startswith("| t2v |")
+
+
+def test_flop_check_at_real_sizes_on_meta():
+    rows = load("flop_check").main(["--presets", "wan2.1-t2v-1.3b", "--shapes", "33x256x256"])
+    assert len(rows) == 3 and all(r["analytic"] == r["counted"] for r in rows)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit, match="unknown"):
+        load("train_step").main([*TINY, "--tasks", "t2v,nope"])
+    with pytest.raises(SystemExit, match="FRAMESxHEIGHTxWIDTH"):
+        load("generate").main(["--preset", "tiny", "--shape", "big"])
