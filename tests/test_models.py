@@ -78,6 +78,15 @@ def test_shared_stream_positions_give_every_stream_the_single_stream_rope():
         tiny(stream_positions="diagonal")
 
 
+def test_rope_theta_changes_the_tables_and_survives_save_and_load(tmp_path):
+    model = tiny(rope_theta=100.0)
+    grid = (F, H // 2, W // 2)
+    assert not torch.equal(model._stream_rope(2, grid)[0], tiny()._stream_rope(2, grid)[0])
+    model.save_pretrained(tmp_path)
+    loaded = UnityVideoTransformer.from_pretrained(tmp_path)
+    assert torch.equal(loaded._stream_rope(2, grid)[0], model._stream_rope(2, grid)[0])
+
+
 def reference_block(block, x, contexts, modulation, rope):
     """Slow, obvious per-stream Wan block: loops over streams for modulation and cross-attention."""
     chunks = lambda h: h.chunk(len(contexts), dim=1)  # noqa: E731

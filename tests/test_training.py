@@ -163,6 +163,10 @@ def test_run_folder_logs_config_checkpoints_and_export(reference_run, small_conf
         for modality in ("depth", "flow", "segmentation", "skeleton", "densepose"):
             assert f"val/{task}/{modality}" in val[-1]
     assert "val/t2v/rgb" in val[-1]
+    for task in ("control", "estimate"):  # the same samples with another clip's condition
+        assert f"val/{task}/depth/unrelated_condition" in val[-1]
+        assert val[-1][f"val/{task}/depth/unrelated_condition"] != val[-1][f"val/{task}/depth"]
+    assert not any(k.startswith("val/joint") and "unrelated" in k for k in val[-1])
     # the exact config, checkpoints (the newest two), the export the pipeline reads
     assert yaml.safe_load((reference_run / "config.yaml").read_text())["train"]["batch_size"] == 4
     assert sorted(p.name for p in (reference_run / "checkpoints").glob("step-*")) == ["step-000010", "step-000012"]

@@ -326,7 +326,8 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
     gets the largest timestep of its sample, i.e. the noisy stream's, as in the authors' code),
     `stream_positions` ("side_by_side": stream s gets RoPE width positions offset by s * W, the
     paper's layout; "shared": every stream reuses the same positions, so pixel-aligned tokens of two
-    streams have zero relative rotation), `condition_isolation` (clean streams, t = 0, attend only to
+    streams have zero relative rotation), `rope_theta` (RoPE base; Wan's is 10000, made for grids of
+    hundreds of patches; a small grid uses only a few of its frequencies), `condition_isolation` (clean streams, t = 0, attend only to
     clean streams; enables the inference-time condition cache, `cache_conditions`).
     """
 
@@ -342,6 +343,7 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         experts: str = "per_modality",
         shared_timestep: bool = False,
         stream_positions: str = "side_by_side",
+        rope_theta: float = 10000.0,
         condition_isolation: bool = False,
         patch_size: Sequence[int] = (1, 2, 2),
         num_attention_heads: int = 40,
@@ -369,6 +371,8 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
             num_layers=num_layers, cross_attn_norm=cross_attn_norm, qk_norm=qk_norm, eps=eps,
             rope_max_seq_len=rope_max_seq_len,
         )
+        if rope_theta != 10000.0:
+            self.backbone.rope = _rope(self.config)
         dim = num_attention_heads * attention_head_dim
         self.stream_names = (RGB,) + modalities
         self.modality_table = nn.Parameter(torch.zeros(len(self.stream_names), dim)) if adaln_table else None
@@ -712,7 +716,8 @@ def _read_config(folder: Path) -> dict:
 def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTransformer:
     """Build on the meta device, then allocate uninitialised storage (the weights come from files)."""
     unknown = set(config) - set(BACKBONE_KEYS) - {"modalities", "adaln_table", "in_context", "experts",
-                                                  "shared_timestep", "stream_positions", "condition_isolation"}
+                                                  "shared_timestep", "stream_positions", "condition_isolation",
+                                                  "rope_theta"}
     if unknown:
         raise ValueError(f"config has unknown fields {sorted(unknown)}")
     with torch.device("meta"):
@@ -722,8 +727,13 @@ def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTran
         _keep_fp32(model)
     model = model.to_empty(device="cpu")
     cfg = model.config  # RoPE tables are non-persistent buffers: recompute them
-    model.backbone.rope = WanRotaryPosEmbed(cfg.attention_head_dim, tuple(cfg.patch_size), cfg.rope_max_seq_len)
+    model.backbone.rope = _rope(cfg)
     return model
+
+
+def _rope(config) -> WanRotaryPosEmbed:
+    return WanRotaryPosEmbed(config.attention_head_dim, tuple(config.patch_size), config.rope_max_seq_len,
+                             theta=config.rope_theta)
 
 
 def _keep_fp32(model: nn.Module) -> None:

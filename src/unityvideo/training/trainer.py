@@ -398,7 +398,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Validation loss of every task x modality on fixed clips, timesteps and noise (EMA weights).
+        """Validation loss of every task x modality on fixed clips, timesteps and noise (EMA weights),
+        and of control and estimate with another clip's condition (`.../unrelated_condition`: the
+        model uses its condition stream only if that loss is higher).
 
         Every process evaluates the same samples (FSDP needs every process in every forward)."""
         stage_index = self.config.stage_at(max(0, self.step - 1))[0]
@@ -408,11 +410,13 @@ class Trainer:
         cfg = self.config
         routing = cfg.stage_routing(cfg.stages[stage_index])
         tasks = [t for t in TASKS if any(cfg.stage_routing(s).tasks.get(t, 0) > 0 for s in cfg.stages)]
-        specs = [(t, m) for t in tasks for m in ([None] if t == "t2v" else cfg.modalities)]
+        specs = [(t, m, False) for t in tasks for m in ([None] if t == "t2v" else cfg.modalities)]
+        # The same samples with another clip's condition: if the loss does not rise, the model ignores it.
+        specs += [(t, m, True) for t, m, _ in specs if t in CONDITION_OF and len(clips) > 1]
         self.wrapped.eval()
         sums: dict[str, list[float]] = {}
         with self._ema_weights():
-            for t, m in specs:
+            for t, m, unrelated in specs:
                 refs = [(clip, t_val) for clip in range(len(clips)) for t_val in cfg.train.eval_timesteps]
                 for start in range(0, len(refs), max(1, cfg.train.batch_size)):
                     chunk = refs[start:start + max(1, cfg.train.batch_size)]
@@ -421,13 +425,18 @@ class Trainer:
                         route = Route(t, m, 0.0 if t == "estimate" else t_val,
                                       t_val if t in ("estimate", "joint") else 0.0, False, False)
                         item = clips[_EvalRef(clip, route)]
+                        if unrelated:
+                            other = clips[_EvalRef((clip + 1) % len(clips), route)]
+                            item = {**item, CONDITION_OF[t]: other[CONDITION_OF[t]]}
                         items.append({**item, "number": clip * 1000 + int(t_val * 999)})
                         routes.append(route)
                     groups = self._groups(items, routes, routing, None, cfg.train.seed + EVAL_NOISE_SEED)
                     outputs, _ = self._call([g.streams for g in groups])
                     for group, preds in zip(groups, outputs):
                         losses = flow_loss(preds, group).double().cpu().tolist()
-                        for key in (f"val/{t}/{m or RGB}", f"val/{t}", f"val/{m or RGB}", "val/loss"):
+                        keys = ((f"val/{t}/{m}/unrelated_condition", f"val/{t}/unrelated_condition") if unrelated
+                                else (f"val/{t}/{m or RGB}", f"val/{t}", f"val/{m or RGB}", "val/loss"))
+                        for key in keys:
                             entry = sums.setdefault(key, [0.0, 0])
                             entry[0] += sum(losses)
                             entry[1] += len(losses)
@@ -493,6 +502,10 @@ class Trainer:
 
 
 # ----- helpers --------------------------------------------------------------------------------------
+
+
+# The clean condition of each task, as an item key: swapped with another clip's in validation.
+CONDITION_OF = {"control": "modality", "estimate": "rgb"}
 
 
 class _StageItems(torch.utils.data.Dataset):
