@@ -289,6 +289,13 @@ def test_cli_control_and_estimate_read_inputs(checkpoint, inputs, tmp_path):
     assert not out.exists()  # estimation generates no RGB video
 
 
+def test_cli_cache_condition_needs_a_model_trained_for_it(checkpoint, inputs, tmp_path, capsys):
+    assert generate("--checkpoint", checkpoint, "--task", "control", "--modality", "depth", "--input",
+                    inputs["depth"], "--frames", F, "--steps", "1", "--cache-condition",
+                    "--out", tmp_path / "c.mp4") == 2
+    assert "condition_isolation" in capsys.readouterr().err
+
+
 def test_bfloat16_transformer_runs(checkpoint):
     pipe = UnityVideoPipeline.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)

@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="frame size (default: the inputs' size, else the checkpoint's); inputs are resized "
                    "and centre-cropped to it")
+    p.add_argument("--cache-condition", action="store_true",
+                   help="control / estimate: compute the condition stream once, not every step (needs a model "
+                        "trained with condition_isolation)")
     p.add_argument("--scheduler", default="euler", help="euler (flow-matching Euler) | unipc (default euler)")
     p.add_argument("--shift", type=float, default=None, help="timestep shift (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                   conditions=request.inputs, negative_prompt=args.negative_prompt, num_frames=request.frames,
                   height=request.size[0], width=request.size[1], num_inference_steps=args.steps,
                   guidance_scale=args.guidance, modality_guidance_scale=args.modality_guidance, shift=args.shift,
-                  generator=generator)
+                  generator=generator, cache_condition=args.cache_condition)
     for path in write_outputs(args.out, output, request, args):
         print(f"wrote {path}")
     return 0
