@@ -87,6 +87,24 @@ def test_rope_theta_changes_the_tables_and_survives_save_and_load(tmp_path):
     assert torch.equal(loaded._stream_rope(2, grid)[0], model._stream_rope(2, grid)[0])
 
 
+def influence_of_condition(model, f=1, h=1, w=2):
+    """Per condition patch, how much the target's output at patch (f, h, w) depends on it."""
+    target, condition = stream("rgb"), stream("depth", torch.zeros(B))
+    cond = condition.latent[:1].clone().requires_grad_(True)
+    out = model([Stream("rgb", target.latent[:1], target.timestep[:1], target.context[:1]),
+                 Stream("depth", cond, torch.zeros(1), condition.context[:1])])[0]
+    out[..., f, 2 * h:2 * h + 2, 2 * w:2 * w + 2].sum().backward()
+    return cond.grad.abs().sum(dim=(0, 1)).unflatten(1, (H // 2, 2)).unflatten(3, (W // 2, 2)).sum(dim=(2, 4))
+
+
+def test_local_attention_init_with_shared_positions_reads_the_aligned_condition_patch():
+    influence = influence_of_condition(tiny(stream_positions="shared", attention_init="local"))
+    assert influence.flatten().argmax().item() == (1 * (H // 2) + 1) * (W // 2) + 2  # patch (1, 1, 2)
+    assert influence[1, 1, 2] > 2 * influence.flatten().sort().values[-2]
+    with pytest.raises(ValueError, match="attention_init"):
+        tiny(attention_init="sharp")
+
+
 def reference_block(block, x, contexts, modulation, rope):
     """Slow, obvious per-stream Wan block: loops over streams for modulation and cross-attention."""
     chunks = lambda h: h.chunk(len(contexts), dim=1)  # noqa: E731
