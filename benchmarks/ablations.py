@@ -1,0 +1,229 @@
+"""The paper's ablations (its Tables 2, 3 and 4) at the scale of a CPU, every arm a set of config
+overrides on one base recipe, every arm with the same step budget and several seeds.
+
+    python benchmarks/ablations.py --seeds 0 1 --steps 150 --batch-size 8 --frames 4
+    python benchmarks/ablations.py --out runs/ablations --report-only     # tables from finished arms
+
+Each (arm, seed) trains with `unityvideo.training.train` into OUT/<arm>/seed<S> (resumable: a finished
+arm is skipped, an interrupted one continues from its last checkpoint), then is scored on the
+held-out world clips: the trainer's validation loss per task (fixed clips, timesteps and noise) and,
+with `unityvideo.eval.evaluate`, text-to-video quality proxies and estimation metrics. OUT/results.json
+holds every number; OUT/ablations.md the tables (mean ± half the range over seeds) and
+OUT/ablation_losses.png the training curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ALL = {"depth": 1, "flow": 1, "densepose": 1, "segmentation": 1, "skeleton": 1}
+UNIFIED = {"control": 0.2, "estimate": 0.3, "joint": 0.4, "t2v": 0.1}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One ablation arm: which modalities and tasks it trains on and which model switches it flips."""
+
+    label: str
+    modalities: dict
+    tasks: dict
+    model: tuple[str, ...] = ()
+
+    def overrides(self, steps: int) -> list[str]:
+        stage = {"name": "all", "steps": steps, "modalities": self.modalities, "tasks": self.tasks}
+        return [f"stages=[{json.dumps(stage)}]", f"routing.tasks={json.dumps(self.tasks)}",
+                *(f"model.overrides.{m}" for m in self.model)]
+
+
+ARMS: dict[str, Arm] = {
+    "full": Arm("all five modalities, unified tasks, ICL + AdaLN table", ALL, UNIFIED),
+    # Table 2: which modalities are trained beside RGB
+    "rgb_only": Arm("RGB only (text-to-video)", {}, {"t2v": 1.0}),
+    "rgb_depth": Arm("+ depth", {"depth": 1}, UNIFIED),
+    "rgb_flow": Arm("+ optical flow", {"flow": 1}, UNIFIED),
+    # Table 3: which tasks
+    "control_only": Arm("control only", ALL, {"control": 1.0}),
+    "estimate_only": Arm("estimation only", ALL, {"estimate": 1.0}),
+    "joint_only": Arm("joint generation only", ALL, {"joint": 1.0}),
+    # Table 4: the two modality switches
+    "no_icl": Arm("without in-context learner", ALL, UNIFIED, ("in_context=false",)),
+    "no_adaln": Arm("without AdaLN table", ALL, UNIFIED, ("adaln_table=false",)),
+    "no_icl_no_adaln": Arm("without both", ALL, UNIFIED, ("in_context=false", "adaln_table=false")),
+    # this implementation's tiny recipe vs the paper's layout with Wan's default init
+    "paper_layout": Arm("side-by-side positions, default attention init", ALL, UNIFIED,
+                        ("stream_positions=side_by_side", "attention_init=default")),
+}
+
+TABLES = {
+    2: ("Table 2 analogue: modalities trained beside RGB", ["rgb_only", "rgb_depth", "rgb_flow", "full"],
+        ["val/t2v/rgb", "t2v/frame_ssim", "t2v/warping_error", "t2v/motion_smoothness"]),
+    3: ("Table 3 analogue: tasks trained", ["control_only", "estimate_only", "joint_only", "full"],
+        ["val/control", "val/estimate", "val/estimate/unrelated_condition", "val/joint", "estimate/depth/abs_rel",
+         "estimate/segmentation/miou"]),
+    4: ("Table 4 analogue: in-context learner and AdaLN table", ["no_icl_no_adaln", "no_icl", "no_adaln", "full"],
+        ["val/loss", "val/control", "val/estimate", "val/joint", "val/t2v/rgb", "estimate/depth/abs_rel"]),
+    5: ("Stream positions and attention init (not in the paper)", ["paper_layout", "full"],
+        ["val/control", "val/control/unrelated_condition", "val/estimate", "val/estimate/unrelated_condition",
+         "estimate/depth/abs_rel", "estimate/segmentation/miou"]),
+}
+LOWER_IS_BETTER = ("val/", "warping_error", "abs_rel", "epe")
+
+
+def arm_config(base: Path, arm: Arm, out: Path, seed: int, steps: int, batch: int, frames: int | None = None):
+    from unityvideo.training.config import load_config
+
+    overrides = arm.overrides(steps) + [
+        f"train.run_dir={out}", f"train.seed={seed}", f"train.batch_size={batch}",
+        f"train.eval_every={max(1, steps // 2)}", f"train.checkpoint_every={max(1, steps // 4)}",
+        f"train.log_every={max(1, steps // 40)}",
+        f"optim.warmup_steps={max(1, steps // 20)}"] + ([f"data.frames={frames}"] if frames else [])
+    return load_config(base, overrides)
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    return (run_dir / "export" / "unityvideo.json").is_file() and last_step(run_dir) >= steps
+
+
+def last_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    return max((json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()), default=0)
+
+
+def final_validation(run_dir: Path) -> dict[str, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    vals = [r for r in rows if r.get("kind") == "val"]
+    return {k: v for k, v in vals[-1].items() if k.startswith("val/")} if vals else {}
+
+
+def sampled_metrics(run_dir: Path, world: Path, arm: Arm, seed: int, clips: int, steps: int) -> dict[str, float]:
+    """Text-to-video quality proxies and (where the arm learned estimation) estimation metrics."""
+    from unityvideo.eval.runner import evaluate
+
+    tasks = ["t2v"] + (["estimate"] if arm.tasks.get("estimate") and arm.modalities else [])
+    modalities = [m for m in ("depth", "segmentation") if m in arm.modalities] or None
+    rows = evaluate(run_dir / "export", world, run_dir / "eval", tasks=tasks, modalities=modalities,
+                    clips=clips, steps=steps, seed=seed, split="test", keep_videos=0)
+    return {f"{r['task']}/{r['modality'] + '/' if r['task'] != 't2v' else ''}{r['metric']}": r["model"]
+            for r in rows if r["model"] is not None}
+
+
+def run_arm(name: str, seed: int, args) -> dict:
+    from unityvideo.training import train
+
+    run_dir = args.out / name / f"seed{seed}"
+    arm = ARMS[name]
+    config = arm_config(args.config, arm, run_dir, seed, args.steps, args.batch_size, args.frames)
+    start = time.perf_counter()
+    if not finished(run_dir, args.steps):
+        train(config, resume=True if (run_dir / "checkpoints").is_dir() else None)
+        if not finished(run_dir, args.steps):  # the trainer returns after a checkpoint on SIGTERM
+            raise SystemExit(f"{run_dir}: training stopped at step {last_step(run_dir)}; rerun to resume")
+    result_file = run_dir / "ablation.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    from unityvideo.training.data import world_folder
+
+    world = world_folder(config.data.world, run_dir)
+    result = {"arm": name, "seed": seed, "steps": args.steps, "train_s": round(time.perf_counter() - start, 1),
+              **final_validation(run_dir),
+              **sampled_metrics(run_dir, world, arm, seed, args.eval_clips, args.eval_steps)}
+    result_file.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def summarize(results: list[dict], arm: str, metric: str) -> tuple[float, float, int] | None:
+    values = [r[metric] for r in results if r["arm"] == arm and r.get(metric) is not None]
+    if not values:
+        return None
+    return statistics.fmean(values), (max(values) - min(values)) / 2, len(values)
+
+
+def markdown_tables(results: list[dict], tables: list[int]) -> str:
+    out = []
+    for number in tables:
+        title, arms, metrics = TABLES[number]
+        out += [f"### {title}", "", "| arm | " + " | ".join(_header(m) for m in metrics) + " |",
+                "|---|" + "---|" * len(metrics)]
+        for arm in arms:
+            cells = []
+            for metric in metrics:
+                s = summarize(results, arm, metric)
+                cells.append("—" if s is None else f"{s[0]:.4f} ± {s[1]:.4f}" + (f" (n={s[2]})" if s[2] < 2 else ""))
+            out.append(f"| {ARMS[arm].label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _header(metric: str) -> str:
+    if metric.endswith("unrelated_condition"):  # compare with the column before it
+        return f"{metric} (above the true-condition loss = condition used)"
+    arrow = "↓" if any(k in metric for k in LOWER_IS_BETTER) else "↑"
+    return f"{metric} {arrow}"
+
+
+def plot_curves(out: Path, arms: list[str], seeds: list[int], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm in arms:
+        for seed in seeds:
+            metrics = out / arm / f"seed{seed}" / "metrics.jsonl"
+            if not metrics.is_file():
+                continue
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            vals = [(r["step"], r["val/loss"]) for r in rows if r.get("kind") == "val" and "val/loss" in r]
+            if vals:
+                ax.plot(*zip(*vals), marker="o", ms=3, label=f"{arm} s{seed}",
+                        color=f"C{arms.index(arm)}", ls="-" if seed == seeds[0] else "--")
+    ax.set(xlabel="step", ylabel="validation loss (its own tasks)", yscale="log", title="ablation arms")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=Path("configs/tiny-world.yaml"), help="base recipe")
+    p.add_argument("--out", type=Path, default=Path("runs/ablations"))
+    p.add_argument("--tables", type=int, nargs="+", default=sorted(TABLES), choices=sorted(TABLES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=240, help="training steps of every arm")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--frames", type=int, default=None, help="clip length (default: the base recipe's)")
+    p.add_argument("--eval-clips", type=int, default=8, help="held-out clips for the sampled metrics")
+    p.add_argument("--eval-steps", type=int, default=12, help="sampling steps for the sampled metrics")
+    p.add_argument("--report-only", action="store_true", help="only tabulate arms that already finished")
+    args = p.parse_args()
+
+    arms = list(dict.fromkeys(a for t in args.tables for a in TABLES[t][1]))
+    results = []
+    for seed in args.seeds:  # seed-major: a first complete set of tables comes early
+        for arm in arms:
+            result_file = args.out / arm / f"seed{seed}" / "ablation.json"
+            if args.report_only:
+                if result_file.is_file():
+                    results.append(json.loads(result_file.read_text()))
+                continue
+            print(f"== {arm} seed {seed}", flush=True)
+            results.append(run_arm(arm, seed, args))
+            (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    tables = markdown_tables(results, args.tables)
+    (args.out / "ablations.md").write_text(tables)
+    plot_curves(args.out, arms, args.seeds, args.out / "ablation_losses.png")
+    print(tables)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
