@@ -103,10 +103,12 @@ def final_validation(run_dir: Path) -> dict[str, float]:
 
 
 def sampled_metrics(run_dir: Path, world: Path, arm: Arm, seed: int, clips: int, steps: int) -> dict[str, float]:
-    """Text-to-video quality proxies and (where the arm learned estimation) estimation metrics."""
+    """Text-to-video quality proxies and estimation metrics, for whichever of the two the arm learned."""
     from unityvideo.eval.runner import evaluate
 
-    tasks = ["t2v"] + (["estimate"] if arm.tasks.get("estimate") and arm.modalities else [])
+    tasks = [t for t in ("t2v", "estimate") if arm.tasks.get(t) and (t == "t2v" or arm.modalities)]
+    if not tasks:
+        return {}
     modalities = [m for m in ("depth", "segmentation") if m in arm.modalities] or None
     rows = evaluate(run_dir / "export", world, run_dir / "eval", tasks=tasks, modalities=modalities,
                     clips=clips, steps=steps, seed=seed, split="test", keep_videos=0)

@@ -324,16 +324,13 @@ def add_comparisons(rows: list[dict]) -> None:
 
 
 def render(payload: dict, path: Path) -> str:
-    env, geo, cfg = payload["environment"], payload["geometry"], payload["config"]
-    head = (f"generate: {geo['preset']} {'x'.join(map(str, geo['clip']))}, latent {tuple(geo['latent_per_stream'])} "
-            f"per stream, {cfg['steps']} steps, CFG {cfg['guidance']}, {env['dtype']} on {env['device']} "
-            f"(measured peak {env['measured_peak_tflops']:.2f} TFLOP/s), attention {payload['attention']['kernel']}")
+    cfg = payload["config"]
     columns = [("task", "task", ""), ("s/generation", "generation_s", ".3f"), ("s/step", "step_s", ".4f"),
                ("denoised tokens/s", "denoised_tokens_per_s", ",.0f"), ("FLOP", "flops_per_generation", ".3e"),
                ("MFU", "mfu", ".1%"), ("peak MiB", "peak_memory_mib", ",.0f"),
                ("vs Wan %", "overhead_vs_wan_pct", "+.1f"), ("speed-up", "speedup_vs_isolated", ".2f"),
                ("max diff", "max_abs_diff_vs_isolated", ".1e"), ("counted FLOPs", "counted_flops", ".3e")]
-    return "\n".join([f"results: {path}", head, perf.table(payload["results"], columns)])
+    return perf.report("generate", payload, f"{cfg['steps']} steps, CFG {cfg['guidance']}", columns, path)
 
 
 if __name__ == "__main__":

@@ -341,6 +341,15 @@ def write_results(path: Path, payload: dict) -> Path:
     return path
 
 
+def report(kind: str, payload: dict, setting: str, columns: list[tuple[str, str, str]], path: Path) -> str:
+    """The printed summary of a benchmark run: where the JSON went, what was measured, the table."""
+    env, geo = payload["environment"], payload["geometry"]
+    head = (f"{kind}: {geo['preset']} {'x'.join(map(str, geo['clip']))}, latent {tuple(geo['latent_per_stream'])} "
+            f"per stream, {setting}, {env['dtype']} on {env['device']} "
+            f"(measured peak {env['measured_peak_tflops']:.2f} TFLOP/s), attention {payload['attention']['kernel']}")
+    return "\n".join([f"results: {path}", head, table(payload["results"], columns)])
+
+
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A markdown table: columns are (header, key, format); missing values print as '-'."""
     lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]

@@ -343,15 +343,11 @@ def add_comparisons(rows: list[dict]) -> None:
 
 
 def render(payload: dict, path: Path) -> str:
-    env, geo = payload["environment"], payload["geometry"]
-    head = (f"train_step: {geo['preset']} {'x'.join(map(str, geo['clip']))}, latent {tuple(geo['latent_per_stream'])}"
-            f" per stream, batch {payload['config']['batch']}, {env['dtype']} on {env['device']} "
-            f"(measured peak {env['measured_peak_tflops']:.2f} TFLOP/s), attention {payload['attention']['kernel']}")
     columns = [("task", "task", ""), ("tokens", "tokens", ","), ("step s", "step_time_s", ".4f"),
                ("tokens/s", "tokens_per_s", ",.0f"), ("FLOP/step", "flops_per_step", ".3e"),
                ("MFU", "mfu", ".1%"), ("peak MiB", "peak_memory_mib", ",.0f"),
                ("vs Wan", "overhead_vs_wan_pct", "+.1f"), ("counted FLOPs", "counted_flops", ".3e")]
-    return "\n".join([f"results: {path}", head, perf.table(payload["results"], columns)])
+    return perf.report("train_step", payload, f"batch {payload['config']['batch']}", columns, path)
 
 
 if __name__ == "__main__":
