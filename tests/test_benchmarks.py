@@ -88,3 +88,27 @@ def test_bad_arguments_are_refused():
         load("train_step").main([*TINY, "--tasks", "t2v,nope"])
     with pytest.raises(SystemExit, match="FRAMESxHEIGHTxWIDTH"):
         load("generate").main(["--preset", "tiny", "--shape", "big"])
+
+
+def test_every_ablation_arm_is_a_valid_config_of_the_pinned_recipe(tmp_path):
+    ablations = load("ablations")
+    base = BENCHMARKS.parent / "configs" / "tiny-world.yaml"
+    for name, arm in ablations.ARMS.items():
+        config = ablations.arm_config(base, arm, tmp_path / name, seed=1, steps=40, batch=8, frames=4)
+        assert config.total_steps == 40 and config.train.seed == 1 and config.data.frames == 4
+        assert set(config.stages[0].modalities) == set(arm.modalities)
+        assert {t for t, p in config.routing.tasks.items() if p > 0} == set(arm.tasks)
+    pinned = ablations.arm_config(base, ablations.ARMS["full"], tmp_path / "full", 0, 40, 8)
+    assert (pinned.model.latent_norm, pinned.routing.timesteps.shift) == ("none", 1.0)
+    table4 = [ablations.arm_config(base, ablations.ARMS[a], tmp_path / a, 0, 40, 8).model.overrides
+              for a in ablations.TABLES[4][1]]
+    assert [(o.get("in_context", True), o.get("adaln_table", True)) for o in table4] == \
+        [(False, False), (False, True), (True, False), (True, True)]
+
+
+def test_ablation_tables_average_seeds_and_mark_missing_arms():
+    ablations = load("ablations")
+    results = [{"arm": "full", "seed": 0, "val/loss": 1.0}, {"arm": "full", "seed": 1, "val/loss": 3.0}]
+    assert ablations.summarize(results, "full", "val/loss") == (2.0, 1.0, 2)
+    table = ablations.markdown_tables(results, [4])
+    assert "| 2.0000 ± 1.0000 |" in table and "| — |" in table

@@ -9,7 +9,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from unityvideo import cli, pipeline_cli
 from unityvideo.data import load_raw, probe_video, read_video, write_video
 from unityvideo.modalities import get_modality
-from unityvideo.models import Stream, UnityVideoTransformer
+from unityvideo.models import LatentNorm, Stream, UnityVideoTransformer
 from unityvideo.models.checkpoint import CheckpointSpec
 from unityvideo.pipeline import UnityVideoPipeline, make_scheduler
 
@@ -195,6 +195,32 @@ def test_condition_latent_is_clean_and_unchanged(pipe, calls):
     for streams in calls:
         assert [s.modality for s in streams] == ["rgb", "depth"]
         assert torch.equal(streams[1].latent[:1], expected) and torch.all(streams[1].timestep == 0)
+
+
+def test_latent_norm_maps_conditions_in_and_outputs_out(pipe, calls, monkeypatch):
+    norm = LatentNorm({"depth": (-0.5, 0.25), "rgb": (0.1, 2.0)})
+    monkeypatch.setattr(pipe, "latent_norm", norm)
+    depth = video(4)
+    out = pipe("a person", task="control", conditions={"depth": depth}, num_inference_steps=2,
+               guidance_scale=1.0, generator=gen(0))
+    encoded = pipe.codec.encode(torch.from_numpy(depth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    assert torch.allclose(calls[0][1].latent, (encoded + 0.5) / 0.25)
+    rgb = pipe.codec.decode(out.latents["rgb"] * 2.0 + 0.1)  # what the frames must show
+    expected = rgb.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    assert np.array_equal(out.frames["rgb"], expected)
+
+
+def test_latent_norm_measures_and_inverts():
+    latents = {"flow": [torch.randn(2, 12, 4, 4, 4) * 0.1 + 3.0, torch.randn(12, 4, 4, 4) * 0.1 + 3.0],
+               "flat": [torch.zeros(3, 4)]}
+    norm = LatentNorm.measure(latents)
+    assert norm.stats["flow"][0] == pytest.approx(3.0, abs=0.02)
+    assert norm.stats["flow"][1] == pytest.approx(0.1, rel=0.1)
+    assert norm.stats["flat"] == (0.0, 1e-3)  # a constant stream is not divided by zero
+    x = latents["flow"][0]
+    assert torch.allclose(norm.denormalize(norm.normalize(x, "flow"), "flow"), x, atol=1e-6)
+    assert norm.normalize(x, "depth") is x  # streams without stats pass through
+    assert LatentNorm.from_json(norm.to_json()).stats["flow"] == pytest.approx(norm.stats["flow"], rel=1e-5)
 
 
 # ----- the command line ---------------------------------------------------------------------------------

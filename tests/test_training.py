@@ -210,6 +210,21 @@ def test_latent_cache_is_filled_then_used(small_config, tmp_path):
     assert losses(first) == losses(second)
 
 
+def test_latent_norm_is_measured_kept_and_exported(small_config, tmp_path):
+    overrides = ["model.latent_norm=per_stream", "train.eval_every=0", "stages.0.steps=1", "stages.1.steps=1",
+                 "train.checkpoint_every=100"]
+    run = train(config_for(small_config, tmp_path / "run", *overrides))
+    kept = json.loads((run / "latent_norm.json").read_text())
+    assert sorted(kept) == sorted(["rgb", "depth", "flow", "segmentation", "skeleton", "densepose"])
+    assert kept["flow"][1] < kept["depth"][1]  # flow is mostly still: a far smaller spread than depth
+    assert load_checkpoint_spec(run / "export").latent_norm == kept
+    # a fine-tune from the export keeps its latent space even with the flag off
+    tuned = train(config_for(small_config, tmp_path / "tuned", *overrides[1:], f"model.init={run / 'export'}"))
+    assert load_checkpoint_spec(tuned / "export").latent_norm == kept
+    with pytest.raises(ValueError, match="model.latent_norm='unit'.*per_stream"):
+        config_for(small_config, tmp_path / "bad", "model.latent_norm=unit")
+
+
 # ----- processes ------------------------------------------------------------------------------------
 
 

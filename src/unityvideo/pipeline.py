@@ -47,7 +47,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from .models.checkpoint import TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec
-from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, load_codec
+from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, LatentNorm, load_codec
 from .models.text import TextEncoder, load_text_encoder
 from .models.transformer import RGB, ConditionCache, Stream, UnityVideoTransformer
 from .modalities import canonical_name, default_max_flow, get_modality
@@ -229,6 +229,7 @@ class UnityVideoPipeline:
         self.text_encoder = text_encoder
         self.codec = codec
         self.spec = spec
+        self.latent_norm = LatentNorm.from_json(spec.latent_norm if spec else None)
         self.scheduler = scheduler or make_scheduler("euler", spec.shift if spec else 1.0)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._progress_config: dict[str, Any] = {}
@@ -343,8 +344,8 @@ class UnityVideoPipeline:
                                       len(plan.streams))
 
         device = self.device
-        clean = {name: self.codec.encode(v.expand(batch, -1, -1, -1, -1).to(device)).float()
-                 for name, v in videos.items()}
+        clean = {name: self.latent_norm.normalize(self.codec.encode(v.expand(batch, -1, -1, -1, -1).to(device)), name)
+                 .float() for name, v in videos.items()}
         passes = ["cond"] + (["text"] if g_text != 1.0 else []) + (["modality"] if g_mod != 1.0 else [])
         contexts = self._contexts(plan, captions, negatives, "text" in passes)
 
@@ -507,7 +508,7 @@ class UnityVideoPipeline:
                 decode_hints: Mapping[str, Mapping[str, Any]]) -> UnityVideoPipelineOutput:
         frames, raw, hints = {}, {}, {}
         for name in plan.target_names:
-            video = self.codec.decode(latents[name]).float()  # (B, 3, F, H, W) in [-1, 1]
+            video = self.codec.decode(self.latent_norm.denormalize(latents[name], name)).float()  # in [-1, 1]
             frames[name] = (video.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
                             .permute(0, 2, 3, 4, 1).cpu().numpy())
             if name == RGB:

@@ -1,6 +1,7 @@
 """Models room: the N-stream UnityVideo transformer, text encoders and latent codecs."""
 
-from .codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, PixelCodec, WanVAECodec, load_codec
+from .codec import (CODEC_GEOMETRY, LATENT_NORMS, LatentCodec, LatentGeometry, LatentNorm, PixelCodec, WanVAECodec,
+                    load_codec)
 from .text import TextEncoder, load_text_encoder
 from .transformer import (
     DEFAULT_MODALITIES,
@@ -14,7 +15,8 @@ from .transformer import (
 )
 
 __all__ = [
-    "CODEC_GEOMETRY", "ConditionCache", "DEFAULT_MODALITIES", "LatentCodec", "LatentGeometry", "PixelCodec", "PRESET_CODECS",
+    "CODEC_GEOMETRY", "ConditionCache", "DEFAULT_MODALITIES", "LATENT_NORMS", "LatentCodec", "LatentGeometry",
+    "LatentNorm", "PixelCodec", "PRESET_CODECS",
     "PRESETS", "RGB", "Stream", "TextEncoder", "UnityVideoTransformer", "WanVAECodec", "forward_flops",
     "load_codec", "load_text_encoder",
 ]

@@ -31,6 +31,7 @@ class CheckpointSpec:
     fps: float = 8.0
     shift: float = 1.0                               # sampling timestep shift
     modality_prompt_template: str = "{prompt}"
+    latent_norm: dict[str, list[float]] = field(default_factory=dict)  # stream -> [mean, std] (LatentNorm)
     step: int = 0
     format: int = FORMAT
 

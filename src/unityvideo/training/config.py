@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..flow import TASKS, RoutingConfig, TimestepSampler
+from ..models.codec import LATENT_NORMS
 
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -66,6 +67,9 @@ class ModelConfig:
     text_encoder: str = "minilm"
     codec: str = "pixel4"
     codec_folder: str | None = None
+    # "per_stream": each stream's latents scaled to zero mean, unit std (stats measured on the training
+    # clips at the start, kept with the run and the export; models.codec.LatentNorm); "none": as encoded
+    latent_norm: str = "none"
 
 
 @dataclass
@@ -159,6 +163,8 @@ class Config:
             raise ValueError(f"train.parallel={t.parallel!r}; choose one of {PARALLEL_MODES}")
         if t.precision not in PRECISIONS:
             raise ValueError(f"train.precision={t.precision!r}; choose one of {PRECISIONS}")
+        if self.model.latent_norm not in LATENT_NORMS:
+            raise ValueError(f"model.latent_norm={self.model.latent_norm!r}; choose one of {LATENT_NORMS}")
         if not self.stages:
             raise ValueError("stages: at least one stage is needed")
         for i, stage in enumerate(self.stages):

@@ -27,8 +27,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..flow import TASKS, Route, flow_loss, route_batch
-from ..models import RGB, UnityVideoTransformer, load_codec, load_text_encoder
-from ..models.checkpoint import CheckpointSpec
+from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
+from ..models.checkpoint import CheckpointSpec, load_checkpoint_spec
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, dump_config
 from .data import (ClipStreams, LatentCache, StepBatches, TextBank, collate_samples, manifest_of, prepare_world,
@@ -157,6 +157,38 @@ class Trainer:
         self.codec = load_codec(cfg.model.codec, cfg.model.codec_folder).to(rt.device)
         self.latent_caches = [LatentCache(cfg.stage_data(s).latent_cache, cfg.model.codec, cfg.stage_data(s))
                               if cfg.stage_data(s).latent_cache else None for s in cfg.stages]
+        self.latent_norm = self._latent_norm()
+
+    def _latent_norm(self, sample_clips: int = 32) -> LatentNorm:
+        """The run's LatentNorm: kept in the run folder (a resume reuses it), inherited from model.init
+        (a fine-tune stays in the latent space its model learned), else measured on training clips."""
+        cfg = self.config
+        path = self.run_dir / LATENT_NORM_FILE
+        if path.is_file():
+            return LatentNorm.from_json(json.loads(path.read_text()))
+        inherited = LatentNorm.from_json(load_checkpoint_spec(cfg.model.init).latent_norm) if cfg.model.init \
+            else LatentNorm({})
+        wanted = [RGB, *cfg.modalities] if cfg.model.latent_norm == "per_stream" else []
+        missing = [s for s in wanted if s not in inherited.stats]
+        self.latent_norm = LatentNorm({})  # _latent below must return raw latents while measuring
+        measured = LatentNorm.measure(self._sample_latents(missing, sample_clips)) if missing else LatentNorm({})
+        norm = LatentNorm({**inherited.stats, **measured.stats})
+        if self.runtime.is_main and norm.stats:
+            path.write_text(json.dumps(norm.to_json(), indent=1) + "\n")
+            log.info("latent norm (mean, std) per stream: %s", norm.to_json())
+        return norm
+
+    def _sample_latents(self, streams: list[str], clips: int) -> dict[str, list[torch.Tensor]]:
+        """Codec latents of the first training clips of every stream, from the first stage that has it."""
+        found: dict[str, list[torch.Tensor]] = {}
+        for stream in streams:
+            index = next((i for i, s in enumerate(self.config.stages) if stream == RGB or stream in s.modalities), 0)
+            data = self.stage_clips[index]
+            route = Route("estimate", None if stream == RGB else stream, 0.0, 0.0, False, False)
+            found[stream] = [self._latent(item, stream, item["rgb" if stream == RGB else "modality"],
+                                          self.latent_caches[index])
+                             for item in (data[_EvalRef(c, route)] for c in range(min(clips, len(data))))]
+        return found
 
     def _build_model(self) -> None:
         cfg, rt = self.config, self.runtime
@@ -351,11 +383,11 @@ class Trainer:
         if cache is not None:
             found = cache.get(item["clip_id"], stream)
             if found is not None:
-                return found.to(self.runtime.device)
+                return self.latent_norm.normalize(found.to(self.runtime.device), stream)
         latent = self.codec.encode(video[None].to(self.runtime.device))[0]
         if cache is not None:
             cache.put(item["clip_id"], stream, latent)
-        return latent
+        return self.latent_norm.normalize(latent, stream)
 
     # ----- the update -----------------------------------------------------------------------------
 
@@ -491,7 +523,8 @@ class Trainer:
                            codec_folder=cfg.model.codec_folder, modalities=cfg.modalities, tasks=tasks,
                            frames=data.frames, size=tuple(data.size) if data.size else (0, 0),
                            fps=float(data.world.fps) if data.world else 8.0, shift=cfg.routing.timesteps.shift,
-                           modality_prompt_template=cfg.routing.modality_prompt_template, step=self.step).save(tmp)
+                           modality_prompt_template=cfg.routing.modality_prompt_template,
+                           latent_norm=self.latent_norm.to_json(), step=self.step).save(tmp)
             (tmp / "config.yaml").write_text(dump_config(cfg))
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
@@ -506,6 +539,7 @@ class Trainer:
 
 # The clean condition of each task, as an item key: swapped with another clip's in validation.
 CONDITION_OF = {"control": "modality", "estimate": "rgb"}
+LATENT_NORM_FILE = "latent_norm.json"
 
 
 class _StageItems(torch.utils.data.Dataset):
