@@ -117,6 +117,22 @@ def test_seeds_are_per_clip_so_batching_does_not_change_results(checkpoint, worl
     assert [r["model"] for r in together] != [r["model"] for r in other]
 
 
+def test_estimation_samples_with_its_own_step_count(checkpoint, world, tmp_path, monkeypatch):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+    steps = []
+    call = UnityVideoPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        steps.append((kwargs["task"], kwargs["num_inference_steps"]))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(UnityVideoPipeline, "__call__", recording)
+    evaluate(pipe, world, tmp_path, tasks=["estimate", "t2v"], modalities=["depth"], steps=3, estimate_steps=1)
+    assert set(steps) == {("estimate", 1), ("t2v", 3)}
+    with pytest.raises(ValueError, match="estimate_steps must be >= 1"):
+        evaluate(pipe, world, tmp_path, tasks=["t2v"], estimate_steps=0)
+
+
 @pytest.fixture()
 def no_model(monkeypatch):
     def refuse(*args, **kwargs):

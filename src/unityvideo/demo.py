@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--train-clips", type=int, default=64, help="world clips to train on (default 64)")
     p.add_argument("--test-clips", type=int, default=8, help="held-out clips to evaluate (default 8)")
     p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per generation (default 16)")
+    p.add_argument("--estimate-steps", type=int, default=None,
+                   help="denoising steps of estimation (default: --eval-steps; 1 = the x0 prediction from noise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run and the evaluation")
     p.set_defaults(func=run)
 
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/3] every task on {args.test_clips} held-out clips, {args.eval_steps} sampling steps")
     eval_dir = out / "eval"
     rows = evaluate(run_dir / "export", world_folder(config.data.world, run_dir), eval_dir, split="test",
-                    steps=args.eval_steps, seed=args.seed)
+                    steps=args.eval_steps, estimate_steps=args.estimate_steps, seed=args.seed)
     (out / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
     loss = plot_loss_curve(combined_loss_records(run_dir, not args.from_scratch), out / "loss.png")
     recipe = (f"from scratch: {steps} steps of the curriculum" if args.from_scratch else
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
               f"for {steps} steps on all five modalities; pass --from-scratch to train a fresh model")
     notes = {"recipe": recipe, "training time": f"{train_s:.0f} s",
              "held-out clips": f"{args.test_clips} test-split clips (scenes never seen in training)",
-             "sampling": f"{args.eval_steps} steps", "total time": f"{time.perf_counter() - start:.0f} s"}
+             "sampling": f"{args.eval_steps} steps ({args.estimate_steps or args.eval_steps} for estimation)",
+             "total time": f"{time.perf_counter() - start:.0f} s"}
     report = report_from_results(eval_dir, loss_curve=loss, notes=notes, report_dir=out,
                                  title="UnityVideo demo on the built-in world")
     wins = sum(1 for r in rows if r["baseline"] is not None and r["model"] is not None

@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--clips", type=int, default=16, help="number of clips (default 16; 0 = all)")
     p.add_argument("--split", default=None, help="manifest split (default: test when present, else all rows)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--estimate-steps", type=int, default=None,
+                   help="denoising steps of estimation (default: --steps; 1 = the x0 prediction from noise)")
     p.add_argument("--guidance", type=float, default=None,
                    help="text guidance of control/joint/t2v (default: the pipeline's, 5); estimation uses none")
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i gets a seed of (seed, i) (default 0)")
@@ -44,7 +46,8 @@ def _notes(args: argparse.Namespace, settings: dict) -> dict[str, str]:
     notes = {"checkpoint": f"{args.checkpoint} (step {settings.get('step')})",
              "data": f"{settings['data']}: {len(settings['clips'])} clips, {settings['frames']} frames of "
                      f"{settings['size'][0]}×{settings['size'][1]}",
-             "sampling": f"{settings['steps']} steps, guidance {settings['guidance'] or 'default'}, "
+             "sampling": f"{settings['steps']} steps ({settings.get('estimate_steps', settings['steps'])} for "
+                         f"estimation), guidance {settings['guidance'] or 'default'}, "
                          f"seed {settings['seed']}",
              "evaluation time": f"{settings['wall_s']:.0f} s"}
     if settings.get("skipped"):
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = args.tasks or [t for t in EVAL_TASKS if not spec.tasks or t in spec.tasks]
     out_dir, name = args.out.parent, args.out.stem
     rows = evaluate(args.checkpoint, args.data, out_dir, tasks=tasks, modalities=args.modalities,
-                    clips=args.clips or None, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                    clips=args.clips or None, steps=args.steps, estimate_steps=args.estimate_steps,
+                    guidance=args.guidance, seed=args.seed,
                     split=args.split, batch_size=args.batch_size, keep_videos=args.keep_videos,
                     device=args.device, dtype=args.dtype, name=name)
     print(f"wrote {len(rows)} metric rows to {args.out} (table: {out_dir / (name + '.md')})")

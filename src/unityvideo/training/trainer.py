@@ -108,6 +108,7 @@ class Trainer:
             raise ValueError(f"train.micro_batch_size={tc.micro_batch_size} must divide the per-process batch "
                              f"{per_rank} (batch_size {tc.batch_size} / {rt.world_size} processes)")
         torch.manual_seed(tc.seed)
+        self.resuming = bool(resume)
         if rt.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._barrier()
@@ -164,7 +165,7 @@ class Trainer:
         (a fine-tune stays in the latent space its model learned), else measured on training clips."""
         cfg = self.config
         path = self.run_dir / LATENT_NORM_FILE
-        if path.is_file():
+        if self.resuming and path.is_file():
             return LatentNorm.from_json(json.loads(path.read_text()))
         inherited = LatentNorm.from_json(load_checkpoint_spec(cfg.model.init).latent_norm) if cfg.model.init \
             else LatentNorm({})
