@@ -221,6 +221,13 @@ def test_latent_norm_is_measured_kept_and_exported(small_config, tmp_path):
     # a fine-tune from the export keeps its latent space even with the flag off
     tuned = train(config_for(small_config, tmp_path / "tuned", *overrides[1:], f"model.init={run / 'export'}"))
     assert load_checkpoint_spec(tuned / "export").latent_norm == kept
+    # a resume reuses the run's file; a fresh run in the same folder measures again
+    (run / "latent_norm.json").write_text(json.dumps({**kept, "depth": [0.5, 2.0]}))
+    resumed = train(config_for(small_config, run, overrides[0], "train.eval_every=0", "stages.0.steps=1",
+                               "stages.1.steps=2", "train.checkpoint_every=100"), resume=True)
+    assert load_checkpoint_spec(resumed / "export").latent_norm["depth"] == [0.5, 2.0]
+    fresh = train(config_for(small_config, run, *overrides))
+    assert load_checkpoint_spec(fresh / "export").latent_norm == kept
     with pytest.raises(ValueError, match="model.latent_norm='unit'.*per_stream"):
         config_for(small_config, tmp_path / "bad", "model.latent_norm=unit")
 
