@@ -228,6 +228,11 @@ def test_latent_norm_is_measured_kept_and_exported(small_config, tmp_path):
     assert load_checkpoint_spec(resumed / "export").latent_norm["depth"] == [0.5, 2.0]
     fresh = train(config_for(small_config, run, *overrides))
     assert load_checkpoint_spec(fresh / "export").latent_norm == kept
+    plain = train(config_for(small_config, run, *overrides[1:]))  # flag off: no stale file is left behind
+    assert not (plain / "latent_norm.json").exists() and load_checkpoint_spec(plain / "export").latent_norm == {}
+    bare = train(config_for(small_config, tmp_path / "bare", *overrides[1:],
+                            f"model.init={run / 'export' / 'transformer'}"))
+    assert load_checkpoint_spec(bare / "export").latent_norm == {}  # a bare transformer folder has no spec
     with pytest.raises(ValueError, match="model.latent_norm='unit'.*per_stream"):
         config_for(small_config, tmp_path / "bad", "model.latent_norm=unit")
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..flow import TASKS, Route, flow_loss, route_batch
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
-from ..models.checkpoint import CheckpointSpec, load_checkpoint_spec
+from ..models.checkpoint import SPEC_NAME, CheckpointSpec, load_checkpoint_spec
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, dump_config
 from .data import (ClipStreams, LatentCache, StepBatches, TextBank, collate_samples, manifest_of, prepare_world,
@@ -167,8 +167,9 @@ class Trainer:
         path = self.run_dir / LATENT_NORM_FILE
         if self.resuming and path.is_file():
             return LatentNorm.from_json(json.loads(path.read_text()))
-        inherited = LatentNorm.from_json(load_checkpoint_spec(cfg.model.init).latent_norm) if cfg.model.init \
-            else LatentNorm({})
+        init_spec = Path(cfg.model.init or "") / SPEC_NAME  # model.init may also be a bare transformer folder
+        inherited = LatentNorm.from_json(load_checkpoint_spec(init_spec.parent).latent_norm) \
+            if cfg.model.init and init_spec.is_file() else LatentNorm({})
         wanted = [RGB, *cfg.modalities] if cfg.model.latent_norm == "per_stream" else []
         missing = [s for s in wanted if s not in inherited.stats]
         self.latent_norm = LatentNorm({})  # _latent below must return raw latents while measuring
@@ -177,6 +178,8 @@ class Trainer:
         if self.runtime.is_main and norm.stats:
             path.write_text(json.dumps(norm.to_json(), indent=1) + "\n")
             log.info("latent norm (mean, std) per stream: %s", norm.to_json())
+        elif self.runtime.is_main:
+            path.unlink(missing_ok=True)  # an earlier run's values must not reach a later resume
         return norm
 
     def _sample_latents(self, streams: list[str], clips: int) -> dict[str, list[torch.Tensor]]:
