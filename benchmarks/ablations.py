@@ -99,16 +99,19 @@ def finished(run_dir: Path, steps: int) -> bool:
     return (run_dir / "export" / "unityvideo.json").is_file() and last_step(run_dir) >= steps
 
 
+def metric_rows(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl rows; none before the run has logged."""
+    from unityvideo.training.logger import METRICS, read_metrics
+
+    return read_metrics(run_dir) if (run_dir / METRICS).is_file() else []
+
+
 def last_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    return max((json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()), default=0)
+    return max((r.get("step", 0) for r in metric_rows(run_dir)), default=0)
 
 
 def final_validation(run_dir: Path) -> dict[str, float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    vals = [r for r in rows if r.get("kind") == "val"]
+    vals = [r for r in metric_rows(run_dir) if r.get("kind") == "val"]
     return {k: v for k, v in vals[-1].items() if k.startswith("val/")} if vals else {}
 
 
@@ -191,7 +194,7 @@ def plot_curves(out: Path, tables: list[int], seeds: list[int], path: Path) -> N
     for ax, number in zip(axes[0], tables):
         title, arms, _ = TABLES[number]
         for k, arm in enumerate(arms):
-            curves = [_train_loss(out / arm / f"seed{seed}" / "metrics.jsonl") for seed in seeds]
+            curves = [_train_loss(out / arm / f"seed{seed}") for seed in seeds]
             curves = [c for c in curves if c]
             if not curves:
                 continue
@@ -208,11 +211,9 @@ def plot_curves(out: Path, tables: list[int], seeds: list[int], path: Path) -> N
     plt.close(fig)
 
 
-def _train_loss(metrics: Path) -> list[tuple[int, float]]:
-    if not metrics.is_file():
-        return []
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
+def _train_loss(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in metric_rows(run_dir)
+            if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
 
 
 def main() -> int:

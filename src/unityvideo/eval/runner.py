@@ -571,8 +571,9 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     steps / guidance: sampling steps and text guidance of the generative tasks (None: the pipeline's
     defaults; estimation runs without guidance). estimate_steps: steps of estimation (and of the
     re-estimation that scores control); None: `steps`. One step is the model's x0 prediction from pure
-    noise, the posterior mean given the RGB, which a metric against one ground truth favours. Clips are cut to the checkpoint's frames and size
-    (centre crop, no resize). device: None = cuda when available.
+    noise, the posterior mean given the RGB, which a metric against one ground truth favours. Clips
+    are cut to the checkpoint's frames and size (centre crop, no resize). device: None = cuda when
+    available.
     """
     start = time.perf_counter()
     estimate_steps = steps if estimate_steps is None else estimate_steps
@@ -594,7 +595,8 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
                          f"({next(iter(skipped.values()))})")
 
     pipe = _pipeline(checkpoint_or_pipeline, device, dtype)
-    settings = _Settings(steps, estimate_steps, guidance, seed, max(1, batch_size), keep_videos, _estimate_uses_caption(folder))
+    settings = _Settings(steps, estimate_steps, guidance, seed, max(1, batch_size), keep_videos,
+                         _estimate_uses_caption(folder))
     reestimate = "estimate" in (spec.tasks or EVAL_TASKS)
     from tqdm.auto import tqdm
 

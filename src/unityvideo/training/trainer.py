@@ -167,12 +167,11 @@ class Trainer:
         path = self.run_dir / LATENT_NORM_FILE
         if self.resuming and path.is_file():
             return LatentNorm.from_json(json.loads(path.read_text()))
-        init_spec = Path(cfg.model.init or "") / SPEC_NAME  # model.init may also be a bare transformer folder
-        inherited = LatentNorm.from_json(load_checkpoint_spec(init_spec.parent).latent_norm) \
-            if cfg.model.init and init_spec.is_file() else LatentNorm({})
+        init = Path(cfg.model.init) if cfg.model.init else None  # may also be a bare transformer folder
+        inherited = LatentNorm.from_json(load_checkpoint_spec(init).latent_norm) \
+            if init is not None and (init / SPEC_NAME).is_file() else LatentNorm({})
         wanted = [RGB, *cfg.modalities] if cfg.model.latent_norm == "per_stream" else []
         missing = [s for s in wanted if s not in inherited.stats]
-        self.latent_norm = LatentNorm({})  # _latent below must return raw latents while measuring
         measured = LatentNorm.measure(self._sample_latents(missing, sample_clips)) if missing else LatentNorm({})
         norm = LatentNorm({**inherited.stats, **measured.stats})
         if self.runtime.is_main and norm.stats:
@@ -183,14 +182,14 @@ class Trainer:
         return norm
 
     def _sample_latents(self, streams: list[str], clips: int) -> dict[str, list[torch.Tensor]]:
-        """Codec latents of the first training clips of every stream, from the first stage that has it."""
+        """Raw codec latents of the first training clips of every stream, from the first stage that has it."""
         found: dict[str, list[torch.Tensor]] = {}
         for stream in streams:
             index = next((i for i, s in enumerate(self.config.stages) if stream == RGB or stream in s.modalities), 0)
             data = self.stage_clips[index]
             route = Route("estimate", None if stream == RGB else stream, 0.0, 0.0, False, False)
-            found[stream] = [self._latent(item, stream, item["rgb" if stream == RGB else "modality"],
-                                          self.latent_caches[index])
+            found[stream] = [self._codec_latent(item, stream, item["rgb" if stream == RGB else "modality"],
+                                                self.latent_caches[index])
                              for item in (data[_EvalRef(c, route)] for c in range(min(clips, len(data))))]
         return found
 
@@ -382,16 +381,21 @@ class Trainer:
         noises = [(a.to(rgb.device), None if b is None else b.to(rgb.device)) for a, b in noises]
         return route_batch(routing, routes, rgb, mods, noises, [item["caption"] for item in items], self.text)
 
-    @torch.no_grad()
     def _latent(self, item: dict, stream: str, video: torch.Tensor, cache: LatentCache | None) -> torch.Tensor:
+        """The stream's latent as the model sees it (after the run's LatentNorm)."""
+        return self.latent_norm.normalize(self._codec_latent(item, stream, video, cache), stream)
+
+    @torch.no_grad()
+    def _codec_latent(self, item: dict, stream: str, video: torch.Tensor, cache: LatentCache | None) -> torch.Tensor:
+        """The codec's latent of one clip's stream, from the latent cache when it has it."""
         if cache is not None:
             found = cache.get(item["clip_id"], stream)
             if found is not None:
-                return self.latent_norm.normalize(found.to(self.runtime.device), stream)
+                return found.to(self.runtime.device)
         latent = self.codec.encode(video[None].to(self.runtime.device))[0]
         if cache is not None:
             cache.put(item["clip_id"], stream, latent)
-        return self.latent_norm.normalize(latent, stream)
+        return latent
 
     # ----- the update -----------------------------------------------------------------------------
 
