@@ -133,6 +133,25 @@ def test_estimation_samples_with_its_own_step_count(checkpoint, world, tmp_path,
         evaluate(pipe, world, tmp_path, tasks=["t2v"], estimate_steps=0)
 
 
+def test_ensemble_applies_to_estimates_only_and_is_recorded(checkpoint, world, tmp_path, monkeypatch):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+    seen = []
+    call = UnityVideoPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        seen.append((kwargs["task"], kwargs["ensemble_size"]))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(UnityVideoPipeline, "__call__", recording)
+    evaluate(pipe, world, tmp_path, tasks=["estimate", "control"], modalities=["depth"], steps=1, ensemble=2)
+    assert set(seen) == {("estimate", 2), ("control", 1)}  # control's re-estimate is an estimate too
+    assert sum(task == "estimate" for task, _ in seen) > sum(task == "control" for task, _ in seen)
+    settings = json.loads((tmp_path / "results.per_clip.json").read_text())["settings"]
+    assert settings["ensemble"] == 2
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        evaluate(pipe, world, tmp_path, tasks=["t2v"], ensemble=0)
+
+
 @pytest.fixture()
 def no_model(monkeypatch):
     def refuse(*args, **kwargs):

@@ -259,3 +259,56 @@ def test_visualizations_are_pictures():
     # Depth: sky black, near brighter than far.
     depth_picture = get_modality("depth").visualize(raws["depth"])
     assert (depth_picture[:, :12] == 0).all()
+
+
+# ----------------------------------------------------------------------------- test-time ensembles
+
+def test_ensemble_of_one_is_the_sample():
+    frames = np.random.default_rng(9).integers(0, 256, (F, H, W, 3), dtype=np.uint8)
+    for name in MODALITY_NAMES:
+        assert np.array_equal(get_modality(name).combine([frames]), frames)
+
+
+def test_continuous_ensemble_is_the_per_pixel_median():
+    rng = np.random.default_rng(10)
+    flow = rng.uniform(-4, 4, (F, H, W, 2)).astype(np.float32)
+    m = get_modality("flow")
+    clean = m.encode(flow)
+    samples = [noisy(clean, rng, 3.0) for _ in range(4)] + [np.full_like(clean, 255)]  # one wild sample
+    combined = m.combine(samples)
+    assert np.array_equal(combined, np.rint(np.median(np.stack(samples).astype(np.float32), 0)).astype(np.uint8))
+    single = np.abs(m.decode(samples[0]) - flow).mean()
+    assert np.abs(m.decode(combined) - flow).mean() < single
+
+
+def test_categorical_ensembles_vote_per_pixel_and_ties_go_to_background():
+    rng = np.random.default_rng(11)
+    ids = rng.integers(1, 64, (F, H, W)).astype(np.uint8)
+    seg = get_modality("segmentation")
+    truth = seg.encode(ids)
+    wrong = [seg.encode((ids - 1 + k) % 63 + 1) for k in (1, 2)]  # differ from the truth and each other
+    assert np.array_equal(seg.decode(seg.combine([truth, truth, *wrong])), ids)  # 2 of 4 agree
+    empty = np.zeros_like(truth)
+    assert np.array_equal(seg.decode(seg.combine([truth, empty])), np.zeros_like(ids))  # a tie -> background
+
+
+def test_skeleton_ensemble_is_the_most_typical_drawing():
+    rng = np.random.default_rng(12)
+    pose = get_modality("skeleton")
+    drawn = pose.encode(make_skeleton(rng, 2, 1, H, W, 4.0), size=(H, W))
+    shifted = np.roll(drawn, 1, axis=2)  # a pixel-vote of these would erase thin limbs
+    stray = drawn.copy()
+    stray[:, :4, :4] = 255  # a hallucinated blob
+    assert np.array_equal(pose.combine([shifted, stray, drawn]), drawn)
+
+
+def test_densepose_ensemble_votes_parts_and_averages_agreeing_uv():
+    part = np.zeros((1, 2, 2), np.float32)
+    part[0, 0, 0] = 3
+    iuv = lambda u: np.concatenate([part[..., None], np.full((1, 2, 2, 2), u, np.float32) * (part > 0)[..., None]], -1)
+    m = get_modality("densepose")
+    other = iuv(0.9)
+    other[0, 0, 0, 0] = 7  # a sample that disagrees on the part
+    combined = m.decode(m.combine([m.encode(iuv(0.2)), m.encode(iuv(0.4)), m.encode(other)]))
+    assert combined[0, 0, 0, 0] == 3 and np.all(combined[0, 1:, :, 0] == 0)
+    assert abs(combined[0, 0, 0, 1] - 0.3) < 2 / 255  # the mean UV of the two samples that said part 3

@@ -262,6 +262,8 @@ BAD_REQUESTS = [
     (["--task", "control", "--modality", "depth", "--input", "{depth}", "--frames", "9"], "9 requested"),
     (["--task", "estimate", "--modality", "depth", "--input", "{rgb}", "--steps", "0"], "--steps"),
     (["--task", "t2v", "--prompt", "x", "--out", "{gif}"], ".mp4 or .mkv"),
+    (["--task", "estimate", "--modality", "depth", "--input", "{rgb}", "--ensemble", "0"], "--ensemble must be"),
+    (["--task", "t2v", "--prompt", "x", "--ensemble", "4"], "--ensemble combines estimates"),
 ]
 
 
@@ -381,3 +383,29 @@ def test_condition_cache_needs_a_model_trained_for_it(pipe, isolated_pipe):
              cache_condition=True)
     with pytest.raises(ValueError, match="control and estimate"):
         isolated_pipe("a ball", task="t2v", num_inference_steps=1, cache_condition=True)
+
+
+# ----- test-time ensembles of estimates ----------------------------------------------------------------
+
+
+def test_ensemble_first_member_is_the_single_estimate_and_members_are_combined(pipe, monkeypatch):
+    request = dict(video=video(3), task="estimate", modalities=["depth", "segmentation"], num_inference_steps=2)
+    single = pipe(**request, generator=gen(4))
+    g = gen(4)
+    members = [pipe(**request, generator=g).frames for _ in range(3)]  # one generator, advancing
+    ensemble = pipe(**request, generator=gen(4), ensemble_size=3)
+    for name in ("depth", "segmentation"):
+        assert np.array_equal(members[0][name], single.frames[name])
+        expected = get_modality(name).combine([m[name][0] for m in members])
+        assert np.array_equal(ensemble.frames[name][0], expected)
+        assert not np.array_equal(members[0][name], members[1][name])
+    assert np.array_equal(ensemble.raw["segmentation"][0], get_modality("segmentation").decode(ensemble.frames["segmentation"][0]))
+    assert torch.equal(ensemble.latents["depth"], single.latents["depth"])
+
+
+@pytest.mark.parametrize("task", ["t2v", "joint", "control"])
+def test_ensemble_is_only_for_estimation(pipe, task):
+    with pytest.raises(ValueError, match="ensemble_size=2 combines estimates"):
+        pipe(**REQUESTS[task], task=task, num_inference_steps=1, ensemble_size=2)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        pipe(**REQUESTS["estimate"], task="estimate", num_inference_steps=1, ensemble_size=0)

@@ -18,7 +18,7 @@ caller may pass the same hints (near=, max_flow=, size=, persons=) to every moda
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -72,6 +72,37 @@ def _grid_colour(index: int) -> tuple[int, int, int]:
 def _grid_index(colour: tuple[int, int, int]) -> int:
     r, g, b = (c // 85 for c in colour)
     return r * 16 + g * 4 + b
+
+
+def _mode(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Per-position most frequent label over axis 0 (K samples); ties go to the lowest label,
+    which is the background (0) in every categorical encoding here."""
+    flat = labels.reshape(len(labels), -1)
+    counts = np.zeros((flat.shape[1], classes), np.int32)
+    rows = np.arange(flat.shape[1])
+    for sample in flat:
+        counts[rows, sample] += 1
+    return counts.argmax(axis=1).reshape(labels.shape[1:])
+
+
+def _combine_median(samples: np.ndarray) -> Frames:
+    """Continuous encodings: the per-pixel, per-channel median of the samples."""
+    return _to_uint8(np.median(samples.astype(np.float32), axis=0))
+
+
+def _combine_medoid(samples: np.ndarray) -> Frames:
+    """Drawings (skeleton): the sample whose palette colours disagree least with the others'. A
+    per-pixel vote would erase joint discs and limbs that the samples draw a pixel apart."""
+    classes = _grid_palette_index(samples).reshape(len(samples), -1)
+    disagreement = [(classes != classes[k]).sum() for k in range(len(samples))]
+    return samples[int(np.argmin(disagreement))]
+
+
+def _combine_grid_mode(samples: np.ndarray) -> Frames:
+    """Palette encodings (segmentation, skeleton): the per-pixel most frequent palette colour."""
+    winner = _mode(_grid_palette_index(samples), 64)
+    levels = np.stack([winner // 16, winner // 4 % 4, winner % 4], axis=-1)
+    return (85 * levels).astype(np.uint8)
 
 
 def _farthest_point_order(candidates: list[tuple[int, int, int]],
@@ -509,6 +540,16 @@ def _decode_densepose(frames: Frames, **_: Any) -> RawArray:
     return np.concatenate([part[..., None], uv], axis=-1).astype(np.float32)
 
 
+def _combine_densepose(samples: np.ndarray) -> Frames:
+    """The per-pixel most frequent part (background wins ties) and the mean UV of the samples that
+    voted for it."""
+    parts = np.rint(samples[..., 0].astype(np.float32) / 10.0).clip(0, 24).astype(np.int64)
+    part = _mode(parts, 25)
+    agree = (parts == part[None]).astype(np.float32)
+    uv = (samples[..., 1:].astype(np.float32) * agree[..., None]).sum(0) / np.maximum(agree.sum(0), 1)[..., None]
+    return _to_uint8(np.concatenate([10.0 * part[..., None], uv * (part > 0)[..., None]], axis=-1))
+
+
 def _densepose_part_colours() -> np.ndarray:
     """24 hues spread round the circle, consecutive parts 7 steps apart so neighbours differ."""
     from matplotlib.colors import hsv_to_rgb
@@ -548,6 +589,7 @@ class Modality:
     encode_fn: Callable[..., Frames]
     decode_fn: Callable[..., RawArray]
     visualize_fn: Callable[..., Frames] | None = None
+    combine_fn: Callable[[np.ndarray], Frames] = _combine_median
 
     def encode(self, raw: RawArray, **hints: Any) -> Frames:
         """Raw ground truth (WorldClip layout) -> uint8 video (F, H, W, 3)."""
@@ -556,6 +598,13 @@ class Modality:
     def decode(self, frames: Frames, **hints: Any) -> RawArray:
         """Any uint8 video (F, H, W, 3), a model's imperfect output included -> raw ground truth."""
         return self.decode_fn(frames, **hints)
+
+    def combine(self, samples: np.ndarray | Sequence[Frames]) -> Frames:
+        """K sampled videos of one clip (K, F, H, W, 3) uint8 -> one video: the test-time ensemble
+        of an estimate: per-pixel median of continuous encodings, per-pixel vote of segmentation and
+        DensePose parts, the most typical sample (medoid) of skeleton drawings."""
+        samples = np.stack([_check_frames(f, self.name) for f in samples])
+        return samples[0] if len(samples) == 1 else self.combine_fn(samples)
 
     def visualize(self, raw: RawArray, **hints: Any) -> Frames:
         """The field's usual picture of the raw data (identity where the encoding already is one)."""
@@ -576,11 +625,11 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (
     Modality("flow", ("raft", "optical_flow"), "optical flow", True, False, _encode_flow, _decode_flow,
              _visualize_flow),
     Modality("segmentation", ("seg", "mask"), "instance segmentation mask", False, True,
-             _encode_segmentation, _decode_segmentation),
+             _encode_segmentation, _decode_segmentation, combine_fn=_combine_grid_mode),
     Modality("skeleton", ("pose", "keypoints"), "human skeleton", False, True, _encode_skeleton,
-             _decode_skeleton, _visualize_skeleton),
+             _decode_skeleton, _visualize_skeleton, _combine_medoid),
     Modality("densepose", ("iuv",), "densepose", True, True, _encode_densepose, _decode_densepose,
-             _visualize_densepose),
+             _visualize_densepose, _combine_densepose),
 )}
 
 STREAM_NAMES: tuple[str, ...] = tuple(MODALITIES)  # rgb first, then the five modalities

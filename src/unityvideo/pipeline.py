@@ -295,6 +295,7 @@ class UnityVideoPipeline:
         output_type: str = "np",
         batch_cfg: bool = True,
         cache_condition: bool = False,
+        ensemble_size: int = 1,
     ) -> UnityVideoPipelineOutput:
         """Generate (or estimate) the target streams of `task`.
 
@@ -312,6 +313,11 @@ class UnityVideoPipeline:
         batch_cfg: run the guidance passes as one batched forward (False: one forward each, less memory).
         cache_condition: compute the condition streams' keys and values once and reuse them in every
             step (control, estimate; needs a transformer trained with condition_isolation=True).
+        ensemble_size: estimate only: sample K estimates from K noises and combine them per pixel
+            (`Modality.combine`: median of continuous encodings, vote of categorical ones, medoid of
+            skeleton drawings), the
+            test-time ensemble of diffusion-based estimators. The first member is the K = 1 result of
+            the same generator; `latents` holds that member's.
         """
         conditions = dict(conditions or {})
         if video is not None:
@@ -333,6 +339,7 @@ class UnityVideoPipeline:
                              f"task {task!r} has none")
         if cache_condition:
             self._check_cache_condition(plan)
+        _check_ensemble(ensemble_size, task, output_type)
 
         videos = {name: _as_video(conditions[name], name) for name in plan.condition_names}
         batch = _batch_size(prompt, videos)
@@ -349,32 +356,19 @@ class UnityVideoPipeline:
         passes = ["cond"] + (["text"] if g_text != 1.0 else []) + (["modality"] if g_mod != 1.0 else [])
         contexts = self._contexts(plan, captions, negatives, "text" in passes)
 
-        # Noise for the targets first, then for the dropped conditions: the targets' noise depends only
-        # on the seed, not on whether modality guidance is on.
-        noise_shape = (batch, len(plan.target_names), *latent_shape)
-        x = randn_tensor(noise_shape, generator=generator, device=device, dtype=torch.float32)
-        dropped = {}
-        if "modality" in passes:
-            z = randn_tensor((batch, len(plan.condition_names), *latent_shape), generator=generator,
-                             device=device, dtype=torch.float32)
-            dropped = {name: z[:, i] for i, name in enumerate(plan.condition_names)}
-
         caches = self._condition_caches(plan, clean, contexts, passes, batch, batch_cfg) if cache_condition else {}
-        scheduler = _fresh_scheduler(self.scheduler, self.spec.shift if shift is None and self.spec else shift)
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
-        for i, timestep in enumerate(tqdm(scheduler.timesteps, desc=f"{task} denoising", **self._progress_config)):
-            sigma = float(scheduler.sigmas[i])
-            velocity = self._guided_velocity(plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod,
-                                             batch_cfg, caches)
-            x = scheduler.step(velocity, timestep, x, return_dict=False)[0].float()
-
-        latents = {**{n: x[:, k] for k, n in enumerate(plan.target_names)}, **clean}
-        latents = {n: latents[n] for n in plan.streams}
+        guidance = (passes, g_text, g_mod, batch_cfg, caches)
+        members = [self._denoise(plan, (batch, len(plan.target_names), *latent_shape), clean, contexts, guidance,
+                                 num_inference_steps, shift, generator) for _ in range(ensemble_size)]
+        latents = [{**{name: x[:, k] for k, name in enumerate(plan.target_names)}, **clean} for x in members]
+        latents = [{name: member[name] for name in plan.streams} for member in latents]
         if output_type == "latent":
-            return UnityVideoPipelineOutput(frames={}, raw={}, latents=latents)
-        return self._decode(plan, latents, height, width, decode_hints or {})
+            return UnityVideoPipelineOutput(frames={}, raw={}, latents=latents[0])
+        videos = [self._frames(plan, member) for member in latents]
+        if ensemble_size > 1:
+            videos = [{name: np.stack([get_modality(name).combine([m[name][b] for m in videos]) for b in range(batch)])
+                       for name in plan.target_names}]
+        return self._decode(plan, videos[0], latents[0], height, width, decode_hints or {})
 
     # ----- steps of __call__ ---------------------------------------------------------------------
 
@@ -504,13 +498,42 @@ class UnityVideoPipeline:
             guided = guided + (g_mod - 1.0) * (v["cond"] - v["modality"])
         return guided
 
-    def _decode(self, plan: StreamPlan, latents: dict[str, torch.Tensor], height: int, width: int,
-                decode_hints: Mapping[str, Mapping[str, Any]]) -> UnityVideoPipelineOutput:
-        frames, raw, hints = {}, {}, {}
+    def _denoise(self, plan: StreamPlan, noise_shape: tuple[int, ...], clean: dict, contexts: dict, guidance: tuple,
+                 steps: int, shift: float | None, generator: Generator) -> torch.Tensor:
+        """One sample of the targets (B, T, C, F, H, W), integrated from noise at t = 1 to t = 0."""
+        passes, g_text, g_mod, batch_cfg, caches = guidance
+        # Noise for the targets first, then for the dropped conditions: the targets' noise depends only
+        # on the seed, not on whether modality guidance is on.
+        x = randn_tensor(noise_shape, generator=generator, device=self.device, dtype=torch.float32)
+        dropped = {}
+        if "modality" in passes:
+            z = randn_tensor((noise_shape[0], len(plan.condition_names), *noise_shape[2:]), generator=generator,
+                             device=self.device, dtype=torch.float32)
+            dropped = {name: z[:, i] for i, name in enumerate(plan.condition_names)}
+        scheduler = _fresh_scheduler(self.scheduler, self.spec.shift if shift is None and self.spec else shift)
+        scheduler.set_timesteps(steps, device=self.device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        for i, timestep in enumerate(tqdm(scheduler.timesteps, desc=f"{plan.task} denoising", **self._progress_config)):
+            sigma = float(scheduler.sigmas[i])
+            velocity = self._guided_velocity(plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod,
+                                             batch_cfg, caches)
+            x = scheduler.step(velocity, timestep, x, return_dict=False)[0].float()
+        return x
+
+    def _frames(self, plan: StreamPlan, latents: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Each target latent decoded to its uint8 video (B, F, H, W, 3)."""
+        frames = {}
         for name in plan.target_names:
             video = self.codec.decode(self.latent_norm.denormalize(latents[name], name)).float()  # in [-1, 1]
             frames[name] = (video.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
                             .permute(0, 2, 3, 4, 1).cpu().numpy())
+        return frames
+
+    def _decode(self, plan: StreamPlan, frames: dict[str, np.ndarray], latents: dict[str, torch.Tensor],
+                height: int, width: int, decode_hints: Mapping[str, Mapping[str, Any]]) -> UnityVideoPipelineOutput:
+        raw, hints = {}, {}
+        for name in plan.target_names:
             if name == RGB:
                 continue
             hints[name] = {**_default_hints(name, height, width), **dict(decode_hints.get(name, {}))}
@@ -519,6 +542,16 @@ class UnityVideoPipeline:
 
 
 # ----- small helpers ---------------------------------------------------------------------------------
+
+
+def _check_ensemble(size: int, task: str, output_type: str) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"ensemble_size must be an integer >= 1, got {size!r}")
+    if size > 1 and task != "estimate":
+        raise ValueError(f"ensemble_size={size} combines estimates; task {task!r} generates, and a per-pixel "
+                         "combination of samples is not a sample (use ensemble_size=1)")
+    if size > 1 and output_type != "np":
+        raise ValueError(f"ensemble_size={size} combines decoded videos; use output_type='np'")
 
 
 def _default_hints(name: str, height: int, width: int) -> dict[str, Any]:

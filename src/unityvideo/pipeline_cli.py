@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     p.add_argument("--modality-guidance", type=float, default=None,
                    help="guidance on the condition streams for control/estimate (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="estimate: combine K estimates per pixel (median of continuous modalities, vote of "
+                        "categorical ones); K times the work (default 1)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames (default: all frames of the inputs, else the checkpoint's)")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -90,6 +93,10 @@ def prepare(args: argparse.Namespace) -> Request:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {args.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if args.ensemble < 1:
+        raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")
+    if args.ensemble > 1 and args.task != "estimate":
+        raise ValueError(f"--ensemble combines estimates; --task {args.task} generates (drop --ensemble)")
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
     spec = load_checkpoint_spec(folder)
@@ -164,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                   conditions=request.inputs, negative_prompt=args.negative_prompt, num_frames=request.frames,
                   height=request.size[0], width=request.size[1], num_inference_steps=args.steps,
                   guidance_scale=args.guidance, modality_guidance_scale=args.modality_guidance, shift=args.shift,
-                  generator=generator, cache_condition=args.cache_condition)
+                  generator=generator, cache_condition=args.cache_condition, ensemble_size=args.ensemble)
     for path in write_outputs(args.out, output, request, args):
         print(f"wrote {path}")
     return 0
@@ -186,6 +193,7 @@ def write_outputs(out: Path, output, request: Request, args: argparse.Namespace)
     if output.raw:
         raw = {name: values[0] for name, values in output.raw.items()}
         meta = {"task": args.task, "prompt": args.prompt or "", "seed": args.seed, "steps": args.steps,
+                "ensemble": args.ensemble,
                 "checkpoint": str(request.checkpoint), "hints": output.hints}
         written.append(save_raw(out.with_name(f"{out.stem}.npz"), raw, meta=json.loads(json.dumps(meta))))
     # Preview: inputs as given, then each generated stream as people look at it (flow wheel, depth colours).

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     p.add_argument("--estimate-steps", type=int, default=None,
                    help="denoising steps of estimation (default: --steps; 1 = the x0 prediction from noise)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="estimates per clip combined per pixel (median / vote), for estimation and the "
+                        "re-estimates that score control and joint (default 1)")
     p.add_argument("--guidance", type=float, default=None,
                    help="text guidance of control/joint/t2v (default: the pipeline's, 5); estimation uses none")
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i gets a seed of (seed, i) (default 0)")
@@ -42,12 +45,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _ensemble_note(settings: dict) -> str:
+    k = settings.get("ensemble", 1)
+    return f", an ensemble of {k} per estimate" if k > 1 else ""
+
+
 def _notes(args: argparse.Namespace, settings: dict) -> dict[str, str]:
     notes = {"checkpoint": f"{args.checkpoint} (step {settings.get('step')})",
              "data": f"{settings['data']}: {len(settings['clips'])} clips, {settings['frames']} frames of "
                      f"{settings['size'][0]}×{settings['size'][1]}",
              "sampling": f"{settings['steps']} steps ({settings.get('estimate_steps', settings['steps'])} for "
-                         f"estimation), guidance {settings['guidance'] or 'default'}, "
+                         f"estimation{_ensemble_note(settings)}), guidance {settings['guidance'] or 'default'}, "
                          f"seed {settings['seed']}",
              "evaluation time": f"{settings['wall_s']:.0f} s"}
     if settings.get("skipped"):
@@ -81,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir, name = args.out.parent, args.out.stem
     rows = evaluate(args.checkpoint, args.data, out_dir, tasks=tasks, modalities=args.modalities,
                     clips=args.clips or None, steps=args.steps, estimate_steps=args.estimate_steps,
+                    ensemble=args.ensemble,
                     guidance=args.guidance, seed=args.seed,
                     split=args.split, batch_size=args.batch_size, keep_videos=args.keep_videos,
                     device=args.device, dtype=args.dtype, name=name)

@@ -221,6 +221,7 @@ class _Settings:
     batch_size: int
     keep_videos: int
     estimate_caption: bool
+    ensemble: int = 1
 
 
 @dataclass
@@ -259,6 +260,7 @@ class _Session:
                         num_inference_steps=self.settings.estimate_steps if task == "estimate"
                         else self.settings.steps,
                         guidance_scale=None if task == "estimate" else self.settings.guidance,
+                        ensemble_size=self.settings.ensemble if task == "estimate" else 1,
                         generator=[torch.Generator("cpu").manual_seed(_clip_seed(self.settings.seed, c.index))
                                    for c in batch],
                         decode_hints={modality: _decode_hints(batch[0], modality)} if modality else None, **inputs)
@@ -560,7 +562,7 @@ def _load_spec(checkpoint) -> tuple[Any, Path | None]:
 def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | Path,
              tasks: Sequence[str] = EVAL_TASKS, modalities: Sequence[str] | None = None,
              clips: int | None = None, steps: int = 30, guidance: float | None = None, seed: int = 0,
-             estimate_steps: int | None = None,
+             estimate_steps: int | None = None, ensemble: int = 1,
              split: str | None = None, batch_size: int = 4, keep_videos: int = 2, device: str | None = None,
              dtype: str = "float32", name: str = "results") -> list[dict]:
     """Run the benchmark and write its files (see the module doc); returns the metric rows.
@@ -571,7 +573,9 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     steps / guidance: sampling steps and text guidance of the generative tasks (None: the pipeline's
     defaults; estimation runs without guidance). estimate_steps: steps of estimation (and of the
     re-estimation that scores control); None: `steps`. One step is the model's x0 prediction from pure
-    noise, the posterior mean given the RGB, which a metric against one ground truth favours. Clips
+    noise, the posterior mean given the RGB, which a metric against one ground truth favours.
+    ensemble: estimates per clip combined per pixel (`Modality.combine`), for estimation and the
+    re-estimates that score control and joint. Clips
     are cut to the checkpoint's frames and size (centre crop, no resize). device: None = cuda when
     available.
     """
@@ -579,6 +583,8 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     estimate_steps = steps if estimate_steps is None else estimate_steps
     if steps < 1 or estimate_steps < 1:
         raise ValueError(f"steps and estimate_steps must be >= 1, got {steps} and {estimate_steps}")
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
     if clips is not None and clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     spec, folder = _load_spec(checkpoint_or_pipeline)
@@ -596,7 +602,7 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
 
     pipe = _pipeline(checkpoint_or_pipeline, device, dtype)
     settings = _Settings(steps, estimate_steps, guidance, seed, max(1, batch_size), keep_videos,
-                         _estimate_uses_caption(folder))
+                         _estimate_uses_caption(folder), ensemble)
     reestimate = "estimate" in (spec.tasks or EVAL_TASKS)
     from tqdm.auto import tqdm
 
@@ -618,7 +624,7 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     info = {"checkpoint": str(folder) if folder else None, "step": getattr(spec, "step", None),
             "data": str(manifest), "clips": [c.clip_id for c in eval_clips], "skipped": skipped,
             "tasks": tasks, "modalities": modalities, "frames": frames, "size": list(eval_clips[0].rgb.shape[1:3]),
-            "steps": steps, "estimate_steps": estimate_steps, "guidance": guidance, "seed": seed, "estimate_caption": settings.estimate_caption,
+            "steps": steps, "estimate_steps": estimate_steps, "ensemble": ensemble, "guidance": guidance, "seed": seed, "estimate_caption": settings.estimate_caption,
             "wall_s": round(time.perf_counter() - start, 2)}
     write_results(Path(out_dir), rows, session.per_clip, info, session.videos, name)
     return rows
