@@ -217,3 +217,16 @@ def test_screenshot_report(results, tmp_path):
     with Image.open(png) as image:
         assert image.size == (1280, 800)
         assert len(np.unique(np.asarray(image.convert("L")))) > 10  # rendered content, not a blank page
+
+
+def test_ensemble_benchmark_scores_each_k_on_the_same_clips(checkpoint, world, tmp_path, capsys):
+    from test_benchmarks import load
+
+    out = tmp_path / "ensemble.json"
+    load("estimate_ensemble").main(["--checkpoint", str(checkpoint), "--data", str(world), "--clips", "2",
+                                    "--steps", "1", "--ensembles", "1", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [run["ensemble"] for run in result["runs"]] == [1, 2]
+    first, second = ([(r["modality"], r["metric"], r["baseline"]) for r in run["rows"]] for run in result["runs"])
+    assert first == second and {m for m, _, _ in first} == set(MODALITY_NAMES)
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("wall time: K=1")

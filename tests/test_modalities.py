@@ -281,15 +281,18 @@ def test_continuous_ensemble_is_the_per_pixel_median():
     assert np.abs(m.decode(combined) - flow).mean() < single
 
 
-def test_categorical_ensembles_vote_per_pixel_and_ties_go_to_background():
+def test_segmentation_ensemble_is_the_most_typical_sample_not_a_vote():
     rng = np.random.default_rng(11)
-    ids = rng.integers(1, 64, (F, H, W)).astype(np.uint8)
+    ids = np.zeros((F, H, W), np.uint8)
+    ids[:, 10:30, 10:30], ids[:, 40:60, 20:50] = 1, 2
     seg = get_modality("segmentation")
-    truth = seg.encode(ids)
-    wrong = [seg.encode((ids - 1 + k) % 63 + 1) for k in (1, 2)]  # differ from the truth and each other
-    assert np.array_equal(seg.decode(seg.combine([truth, truth, *wrong])), ids)  # 2 of 4 agree
-    empty = np.zeros_like(truth)
-    assert np.array_equal(seg.decode(seg.combine([truth, empty])), np.zeros_like(ids))  # a tie -> background
+    relabelled = np.where(ids > 0, 3 - ids, 0).astype(np.uint8)  # the same objects, colours swapped
+    grown = ids.copy()
+    grown[:, 8:10, 10:30] = 1
+    samples = [seg.encode(ids), seg.encode(relabelled), seg.encode(grown)]
+    assert np.array_equal(seg.combine(samples), samples[0])  # a valid sample, instances intact
+    empty = np.zeros_like(samples[0])
+    assert np.array_equal(seg.combine([samples[0], empty, samples[2]]), samples[0])
 
 
 def test_skeleton_ensemble_is_the_most_typical_drawing():

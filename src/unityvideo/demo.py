@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--estimate-steps", type=int, default=None,
                    help="denoising steps of estimation (default: --eval-steps; 1 = the x0 prediction from noise)")
     p.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, metavar="K",
-                   help=f"estimates per clip combined per pixel (median / vote) in the scoring "
+                   help=f"estimates per clip combined (median / vote / medoid) in the scoring "
                         f"(default {DEFAULT_ENSEMBLE}; 1 = a single sample)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run and the evaluation")
     p.set_defaults(func=run)
@@ -75,7 +75,8 @@ def demo_config(out: Path, from_scratch: bool, steps: int, preset: str | None, t
         config.optim.lr *= 0.2
         config.optim.unity_lr = (config.optim.unity_lr or config.optim.lr) * 0.2
     train = config.train
-    train.eval_every = max(1, steps // 4)
+    # A fine-tune's validation curve needs only its ends; each pass scores every task on the held-out clips.
+    train.eval_every = max(1, steps // 4) if from_scratch else steps
     train.checkpoint_every = max(1, steps // 2)
     train.log_every = max(1, min(train.log_every, steps // 20))
     config.validate()

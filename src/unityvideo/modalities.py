@@ -91,18 +91,12 @@ def _combine_median(samples: np.ndarray) -> Frames:
 
 
 def _combine_medoid(samples: np.ndarray) -> Frames:
-    """Drawings (skeleton): the sample whose palette colours disagree least with the others'. A
-    per-pixel vote would erase joint discs and limbs that the samples draw a pixel apart."""
+    """Palette pictures (segmentation, skeleton): the sample whose colours disagree least with the
+    others'. A per-pixel vote would mix instances that two samples colour differently (instance
+    colours are arbitrary) and erase joint discs and limbs that the samples draw a pixel apart."""
     classes = _grid_palette_index(samples).reshape(len(samples), -1)
     disagreement = [(classes != classes[k]).sum() for k in range(len(samples))]
     return samples[int(np.argmin(disagreement))]
-
-
-def _combine_grid_mode(samples: np.ndarray) -> Frames:
-    """Palette encodings (segmentation, skeleton): the per-pixel most frequent palette colour."""
-    winner = _mode(_grid_palette_index(samples), 64)
-    levels = np.stack([winner // 16, winner // 4 % 4, winner % 4], axis=-1)
-    return (85 * levels).astype(np.uint8)
 
 
 def _farthest_point_order(candidates: list[tuple[int, int, int]],
@@ -601,8 +595,8 @@ class Modality:
 
     def combine(self, samples: np.ndarray | Sequence[Frames]) -> Frames:
         """K sampled videos of one clip (K, F, H, W, 3) uint8 -> one video: the test-time ensemble
-        of an estimate: per-pixel median of continuous encodings, per-pixel vote of segmentation and
-        DensePose parts, the most typical sample (medoid) of skeleton drawings."""
+        of an estimate: per-pixel median of continuous encodings, per-pixel vote of DensePose parts,
+        the most typical sample (medoid) of segmentation and skeleton pictures."""
         samples = np.stack([_check_frames(f, self.name) for f in samples])
         return samples[0] if len(samples) == 1 else self.combine_fn(samples)
 
@@ -625,7 +619,7 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (
     Modality("flow", ("raft", "optical_flow"), "optical flow", True, False, _encode_flow, _decode_flow,
              _visualize_flow),
     Modality("segmentation", ("seg", "mask"), "instance segmentation mask", False, True,
-             _encode_segmentation, _decode_segmentation, combine_fn=_combine_grid_mode),
+             _encode_segmentation, _decode_segmentation, combine_fn=_combine_medoid),
     Modality("skeleton", ("pose", "keypoints"), "human skeleton", False, True, _encode_skeleton,
              _decode_skeleton, _visualize_skeleton, _combine_medoid),
     Modality("densepose", ("iuv",), "densepose", True, True, _encode_densepose, _decode_densepose,

@@ -49,8 +49,8 @@ def register(subparsers) -> None:
                    help="guidance on the condition streams for control/estimate (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
-                   help="estimate: combine K estimates per pixel (median of continuous modalities, vote of "
-                        "categorical ones); K times the work (default 1)")
+                   help="estimate: combine K estimates (per-pixel median of depth and flow, vote of DensePose "
+                        "parts, the most typical segmentation / skeleton); K times the work (default 1)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames (default: all frames of the inputs, else the checkpoint's)")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--estimate-steps", type=int, default=None,
                    help="denoising steps of estimation (default: --steps; 1 = the x0 prediction from noise)")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
-                   help="estimates per clip combined per pixel (median / vote), for estimation and the "
+                   help="estimates per clip combined (`Modality.combine`), for estimation and the "
                         "re-estimates that score control and joint (default 1)")
     p.add_argument("--guidance", type=float, default=None,
                    help="text guidance of control/joint/t2v (default: the pipeline's, 5); estimation uses none")

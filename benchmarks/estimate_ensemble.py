@@ -1,0 +1,78 @@
+"""What a test-time ensemble buys estimation: each modality's metrics against the trivial baseline for
+K = 1, 2, 4, ... estimates per clip combined per pixel (`Modality.combine`), and the time it costs.
+
+Runs `unityvideo.eval.evaluate` (task estimate only) on held-out world clips, once per K, with the same
+per-clip seeds, so the first ensemble member is the K = 1 estimate.
+
+    python benchmarks/estimate_ensemble.py --data out/demo/world/<world> --clips 16 --ensembles 1 4
+    python benchmarks/estimate_ensemble.py --checkpoint runs/tiny-world/export --data DIR --steps 16
+
+Writes benchmarks/results/estimate_ensemble.json and prints one row per modality and metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from unityvideo.assets import DEFAULT_CHECKPOINT
+from unityvideo.eval.runner import evaluate, is_better
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: the shipped one")
+    parser.add_argument("--data", type=Path, required=True, help="a world folder with a test split")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=16, help="denoising steps per estimate")
+    parser.add_argument("--ensembles", type=int, nargs="+", default=[1, 4], metavar="K")
+    parser.add_argument("--out", type=Path, default=RESULTS / "estimate_ensemble.json")
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for k in args.ensembles:
+            start = time.perf_counter()
+            rows = evaluate(args.checkpoint, args.data, Path(scratch) / f"k{k}", tasks=["estimate"],
+                            clips=args.clips, steps=args.steps, ensemble=k, keep_videos=0)
+            runs.append({"ensemble": k, "wall_s": round(time.perf_counter() - start, 1), "rows": rows})
+    return {"benchmark": "estimate_ensemble", "checkpoint": str(args.checkpoint), "data": str(args.data),
+            "clips": args.clips, "steps": args.steps, "runs": runs}
+
+
+def render(result: dict) -> str:
+    ks = [run["ensemble"] for run in result["runs"]]
+    lines = [f"estimation on {result['clips']} held-out clips, {result['steps']} steps; model at K estimates per clip",
+             "| modality | metric | trivial | " + " | ".join(f"K={k}" for k in ks) + " |",
+             "|---|---|---|" + "---|" * len(ks)]
+    for i, row in enumerate(result["runs"][0]["rows"]):
+        cells = []
+        for run in result["runs"]:
+            other = run["rows"][i]
+            mark = " *" if is_better(other) else ""
+            cells.append("–" if other["model"] is None else f"{other['model']:.4f}{mark}")
+        base = "–" if row["baseline"] is None else f"{row['baseline']:.4f}"
+        lines.append(f"| {row['modality']} | {row['metric']} | {base} | " + " | ".join(cells) + " |")
+    lines.append("wall time: " + ", ".join(f"K={r['ensemble']} {r['wall_s']:.0f} s" for r in result["runs"])
+                 + "   (* beats the trivial baseline)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    result = measure(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(render(result))
+
+
+if __name__ == "__main__":
+    main()
