@@ -117,33 +117,32 @@ def test_seeds_are_per_clip_so_batching_does_not_change_results(checkpoint, worl
     assert [r["model"] for r in together] != [r["model"] for r in other]
 
 
-def test_estimation_samples_with_its_own_step_count(checkpoint, world, tmp_path, monkeypatch):
-    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
-    steps = []
-    call = UnityVideoPipeline.__call__
-
-    def recording(self, *args, **kwargs):
-        steps.append((kwargs["task"], kwargs["num_inference_steps"]))
-        return call(self, *args, **kwargs)
-
-    monkeypatch.setattr(UnityVideoPipeline, "__call__", recording)
-    evaluate(pipe, world, tmp_path, tasks=["estimate", "t2v"], modalities=["depth"], steps=3, estimate_steps=1)
-    assert set(steps) == {("estimate", 1), ("t2v", 3)}
-    with pytest.raises(ValueError, match="estimate_steps must be >= 1"):
-        evaluate(pipe, world, tmp_path, tasks=["t2v"], estimate_steps=0)
-
-
-def test_ensemble_applies_to_estimates_only_and_is_recorded(checkpoint, world, tmp_path, monkeypatch):
-    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+@pytest.fixture()
+def pipeline_calls(monkeypatch):
+    """The keyword arguments of every UnityVideoPipeline call."""
     seen = []
     call = UnityVideoPipeline.__call__
 
     def recording(self, *args, **kwargs):
-        seen.append((kwargs["task"], kwargs["ensemble_size"]))
+        seen.append(kwargs)
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(UnityVideoPipeline, "__call__", recording)
+    return seen
+
+
+def test_estimation_samples_with_its_own_step_count(checkpoint, world, tmp_path, pipeline_calls):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+    evaluate(pipe, world, tmp_path, tasks=["estimate", "t2v"], modalities=["depth"], steps=3, estimate_steps=1)
+    assert {(c["task"], c["num_inference_steps"]) for c in pipeline_calls} == {("estimate", 1), ("t2v", 3)}
+    with pytest.raises(ValueError, match="estimate_steps must be >= 1"):
+        evaluate(pipe, world, tmp_path, tasks=["t2v"], estimate_steps=0)
+
+
+def test_ensemble_applies_to_estimates_only_and_is_recorded(checkpoint, world, tmp_path, pipeline_calls):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
     evaluate(pipe, world, tmp_path, tasks=["estimate", "control"], modalities=["depth"], steps=1, ensemble=2)
+    seen = [(c["task"], c["ensemble_size"]) for c in pipeline_calls]
     assert set(seen) == {("estimate", 2), ("control", 1)}  # control's re-estimate is an estimate too
     assert sum(task == "estimate" for task, _ in seen) > sum(task == "control" for task, _ in seen)
     settings = json.loads((tmp_path / "results.per_clip.json").read_text())["settings"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from unityvideo.assets import DEFAULT_CHECKPOINT
 
-DEFAULT_ENSEMBLE = 4  # per-pixel median / vote of 4 estimates: docs/demo.md measures what it buys
+DEFAULT_ENSEMBLE = 4  # estimates combined per clip (Modality.combine): docs/demo.md measures what it buys
 ALL_MODALITIES = {"depth": 1.0, "flow": 1.0, "densepose": 1.0, "segmentation": 1.0, "skeleton": 1.0}
 
 

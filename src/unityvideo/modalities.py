@@ -537,11 +537,12 @@ def _decode_densepose(frames: Frames, **_: Any) -> RawArray:
 def _combine_densepose(samples: np.ndarray) -> Frames:
     """The per-pixel most frequent part (background wins ties) and the mean UV of the samples that
     voted for it."""
-    parts = np.rint(samples[..., 0].astype(np.float32) / 10.0).clip(0, 24).astype(np.int64)
+    iuv = _decode_densepose(samples.reshape(-1, *samples.shape[2:])).reshape(*samples.shape[:-1], 3)
+    parts = iuv[..., 0].astype(np.int64)
     part = _mode(parts, 25)
     agree = (parts == part[None]).astype(np.float32)
-    uv = (samples[..., 1:].astype(np.float32) * agree[..., None]).sum(0) / np.maximum(agree.sum(0), 1)[..., None]
-    return _to_uint8(np.concatenate([10.0 * part[..., None], uv * (part > 0)[..., None]], axis=-1))
+    uv = (iuv[..., 1:] * agree[..., None]).sum(0) / np.maximum(agree.sum(0), 1)[..., None]
+    return _encode_densepose(np.concatenate([part[..., None].astype(np.float32), uv], axis=-1))
 
 
 def _densepose_part_colours() -> np.ndarray:

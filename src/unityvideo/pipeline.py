@@ -313,11 +313,11 @@ class UnityVideoPipeline:
         batch_cfg: run the guidance passes as one batched forward (False: one forward each, less memory).
         cache_condition: compute the condition streams' keys and values once and reuse them in every
             step (control, estimate; needs a transformer trained with condition_isolation=True).
-        ensemble_size: estimate only: sample K estimates from K noises and combine them per pixel
-            (`Modality.combine`: median of continuous encodings, vote of DensePose parts, medoid of
-            segmentation and skeleton pictures), the
-            test-time ensemble of diffusion-based estimators. The first member is the K = 1 result of
-            the same generator; `latents` holds that member's.
+        ensemble_size: estimate only: sample K estimates from K noises and combine them
+            (`Modality.combine`: per-pixel median of continuous encodings, vote of DensePose parts,
+            medoid of segmentation and skeleton pictures), the test-time ensemble of diffusion-based
+            estimators. The first member is the K = 1 result of the same generator; `latents` holds
+            that member's.
         """
         conditions = dict(conditions or {})
         if video is not None:

@@ -574,7 +574,7 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     defaults; estimation runs without guidance). estimate_steps: steps of estimation (and of the
     re-estimation that scores control); None: `steps`. One step is the model's x0 prediction from pure
     noise, the posterior mean given the RGB, which a metric against one ground truth favours.
-    ensemble: estimates per clip combined per pixel (`Modality.combine`), for estimation and the
+    ensemble: estimates per clip combined by `Modality.combine`, for estimation and the
     re-estimates that score control and joint. Clips
     are cut to the checkpoint's frames and size (centre crop, no resize). device: None = cuda when
     available.
