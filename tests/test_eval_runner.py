@@ -139,6 +139,35 @@ def test_estimation_samples_with_its_own_step_count(checkpoint, world, tmp_path,
         evaluate(pipe, world, tmp_path, tasks=["t2v"], estimate_steps=0)
 
 
+def test_estimation_steps_per_modality_cover_the_reestimates(checkpoint, world, tmp_path, pipeline_calls):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+    evaluate(pipe, world, tmp_path, tasks=["estimate", "control"], modalities=["depth", "flow"], steps=3,
+             estimate_steps={"depth": 2}, keep_videos=0)
+    calls = {(c["task"], tuple(c["modalities"]) or tuple(c["conditions"]), c["num_inference_steps"])
+             for c in pipeline_calls}
+    assert calls == {("estimate", ("depth",), 2), ("estimate", ("flow",), 3),
+                     ("control", ("depth",), 3), ("control", ("flow",), 3)}
+    settings = json.loads((tmp_path / "results.per_clip.json").read_text())["settings"]
+    assert settings["estimate_steps"] == {"depth": 2, "flow": 3}
+    with pytest.raises(ValueError, match=r"names \['skeleton'\], which this evaluation does not estimate"):
+        evaluate(pipe, world, tmp_path, tasks=["estimate"], modalities=["depth"], estimate_steps={"pose": 2})
+    with pytest.raises(ValueError, match="estimate_steps must be >= 1"):
+        evaluate(pipe, world, tmp_path, tasks=["estimate"], modalities=["depth"], estimate_steps={"depth": 0})
+
+
+def test_estimate_steps_flag_takes_one_count_or_modality_counts():
+    from unityvideo.eval.cli import parse_estimate_steps
+    from unityvideo.eval.runner import describe_step_counts
+
+    assert parse_estimate_steps(None) is None and parse_estimate_steps(["16"]) == 16
+    assert parse_estimate_steps(["depth=16", "flow=1"]) == {"depth": 16, "flow": 1}
+    for bad in (["flow=x"], ["16", "flow=2"], ["=2"], ["2.5"]):
+        with pytest.raises(ValueError, match="give one step count"):
+            parse_estimate_steps(bad)
+    assert describe_step_counts({"depth": 4, "flow": 4}) == "4"
+    assert describe_step_counts({"depth": 16, "flow": 1}) == "depth 16, flow 1"
+
+
 def test_ensemble_applies_to_estimates_only_and_is_recorded(checkpoint, world, tmp_path, pipeline_calls):
     pipe = UnityVideoPipeline.from_pretrained(checkpoint)
     evaluate(pipe, world, tmp_path, tasks=["estimate", "control"], modalities=["depth"], steps=1, ensemble=2)
@@ -218,14 +247,40 @@ def test_screenshot_report(results, tmp_path):
         assert len(np.unique(np.asarray(image.convert("L")))) > 10  # rendered content, not a blank page
 
 
-def test_ensemble_benchmark_scores_each_k_on_the_same_clips(checkpoint, world, tmp_path, capsys):
+def test_ensemble_benchmark_scores_each_k_and_steps_on_the_same_clips(checkpoint, world, tmp_path, capsys):
     from test_benchmarks import load
 
     out = tmp_path / "ensemble.json"
     load("estimate_ensemble").main(["--checkpoint", str(checkpoint), "--data", str(world), "--clips", "2",
-                                    "--steps", "1", "--ensembles", "1", "2", "--out", str(out)])
+                                    "--steps", "1", "2", "--ensembles", "1", "2", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert [run["ensemble"] for run in result["runs"]] == [1, 2]
-    first, second = ([(r["modality"], r["metric"], r["baseline"]) for r in run["rows"]] for run in result["runs"])
-    assert first == second and {m for m, _, _ in first} == set(MODALITY_NAMES)
-    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("wall time: K=1")
+    assert [(run["ensemble"], run["steps"]) for run in result["runs"]] == [(1, 1), (2, 1), (1, 2), (2, 2)]
+    keys = [[(r["modality"], r["metric"], r["baseline"]) for r in run["rows"]] for run in result["runs"]]
+    assert all(k == keys[0] for k in keys) and {m for m, _, _ in keys[0]} == set(MODALITY_NAMES)
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("wall time: K=1 S=1")
+
+
+def test_densepose_error_counts_tell_margin_noise_from_false_bodies():
+    from test_benchmarks import load
+
+    red = np.zeros((1, 4, 4), np.uint8)
+    red[0, 0, :2] = 10   # a found body pixel and a false one at the background margin (part 1)
+    red[0, 1, 0] = 60    # a false part-6 pixel: a hallucinated body, not rounding noise
+    red[0, 1, 1] = 4     # rounds to background
+    gt = np.zeros((1, 4, 4))
+    gt[0, 0, 0] = gt[0, 2, 2] = 3
+    counts = load("densepose_errors").clip_errors(red, gt)
+    assert counts == {"gt_body_px": 2, "found_body_px": 1, "false_body_px": 2, "false_at_margin_px": 1,
+                      "false_median_part": 3.5}
+
+
+def test_densepose_error_benchmark_writes_a_row_per_clip(checkpoint, world, tmp_path, capsys):
+    from test_benchmarks import load
+
+    out = tmp_path / "densepose.json"
+    load("densepose_errors").main(["--checkpoint", str(checkpoint), "--data", str(world), "--clips", "2",
+                                   "--steps", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["clips"]
+    assert len(rows) == 2 and all(r["found_body_px"] <= r["gt_body_px"] for r in rows)
+    assert all(r["false_at_margin_px"] <= r["false_body_px"] for r in rows)
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("false body pixels:")

@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--train-clips", type=int, default=64, help="world clips to train on (default 64)")
     p.add_argument("--test-clips", type=int, default=8, help="held-out clips to evaluate (default 8)")
     p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per generation (default 16)")
-    p.add_argument("--estimate-steps", type=int, default=None,
-                   help="denoising steps of estimation (default: --eval-steps; 1 = the x0 prediction from noise)")
+    p.add_argument("--estimate-steps", nargs="+", default=None, metavar="N | M=N",
+                   help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
+                        "others take --eval-steps). Default: --eval-steps; 1 = the x0 prediction from noise")
     p.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, metavar="K",
                    help=f"estimates per clip combined (median / vote / medoid) in the scoring "
                         f"(default {DEFAULT_ENSEMBLE}; 1 = a single sample)")
@@ -94,8 +95,9 @@ def combined_loss_records(run_dir: Path, shipped: bool) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unityvideo.eval.cli import parse_estimate_steps
     from unityvideo.eval.report import plot_loss_curve, report_from_results
-    from unityvideo.eval.runner import evaluate
+    from unityvideo.eval.runner import describe_step_counts, estimate_step_counts, evaluate
     from unityvideo.training import train
     from unityvideo.training.data import prepare_world, world_folder
 
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --train-clips must be >= 1 and --test-clips >= 2 (control is scored "
                          "against another clip's signal)")
     config = demo_config(out, args.from_scratch, steps, args.preset, args.train_clips, args.test_clips, args.seed)
+    estimate_steps = estimate_step_counts(parse_estimate_steps(args.estimate_steps), args.eval_steps,
+                                          list(ALL_MODALITIES))  # a bad count fails here, before any work
 
     print(f"[1/3] world: {args.train_clips} train + {args.test_clips} held-out clips -> {out / 'world'}")
     world = prepare_world(config.data.world, Path(config.train.run_dir))
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/3] every task on {args.test_clips} held-out clips, {args.eval_steps} sampling steps")
     eval_dir = out / "eval"
     rows = evaluate(run_dir / "export", world_folder(config.data.world, run_dir), eval_dir, split="test",
-                    steps=args.eval_steps, estimate_steps=args.estimate_steps, ensemble=args.ensemble,
+                    steps=args.eval_steps, estimate_steps=estimate_steps, ensemble=args.ensemble,
                     seed=args.seed)
     (out / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
     loss = plot_loss_curve(combined_loss_records(run_dir, not args.from_scratch), out / "loss.png")
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
               f"for {steps} steps on all five modalities; pass --from-scratch to train a fresh model")
     notes = {"recipe": recipe, "training time": f"{train_s:.0f} s",
              "held-out clips": f"{args.test_clips} test-split clips (scenes never seen in training)",
-             "sampling": f"{args.eval_steps} steps ({args.estimate_steps or args.eval_steps} for estimation, "
+             "sampling": f"{args.eval_steps} steps ({describe_step_counts(estimate_steps)} for estimation, "
                          f"an ensemble of {args.ensemble} per estimate)",
              "total time": f"{time.perf_counter() - start:.0f} s"}
     report = report_from_results(eval_dir, loss_curve=loss, notes=notes, report_dir=out,

@@ -25,8 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--clips", type=int, default=16, help="number of clips (default 16; 0 = all)")
     p.add_argument("--split", default=None, help="manifest split (default: test when present, else all rows)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    p.add_argument("--estimate-steps", type=int, default=None,
-                   help="denoising steps of estimation (default: --steps; 1 = the x0 prediction from noise)")
+    p.add_argument("--estimate-steps", nargs="+", default=None, metavar="N | M=N",
+                   help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
+                        "others take --steps). Default: --steps; 1 = the x0 prediction from noise")
     p.add_argument("--ensemble", type=int, default=1, metavar="K",
                    help="estimates per clip combined (`Modality.combine`), for estimation and the "
                         "re-estimates that score control and joint (default 1)")
@@ -45,16 +46,38 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def parse_estimate_steps(values: list[str] | None) -> int | dict[str, int] | None:
+    """--estimate-steps: None, one count ("16"), or MODALITY=N items ("depth=16 flow=1")."""
+    if not values:
+        return None
+    if len(values) == 1 and values[0].strip().isdigit():
+        return int(values[0])
+    counts = {}
+    for item in values:
+        name, sep, count = item.partition("=")
+        if not sep or not name.strip() or not count.strip().isdigit():
+            raise ValueError(f"--estimate-steps {item!r}: give one step count (16) or MODALITY=N items "
+                             "(depth=16 flow=1)")
+        counts[name.strip()] = int(count)
+    return counts
+
+
 def _ensemble_note(settings: dict) -> str:
     k = settings.get("ensemble", 1)
     return f", an ensemble of {k} per estimate" if k > 1 else ""
+
+
+def _estimate_steps_note(settings: dict) -> str:
+    from unityvideo.eval.runner import describe_step_counts
+
+    return describe_step_counts(settings.get("estimate_steps") or settings["steps"])
 
 
 def _notes(args: argparse.Namespace, settings: dict) -> dict[str, str]:
     notes = {"checkpoint": f"{args.checkpoint} (step {settings.get('step')})",
              "data": f"{settings['data']}: {len(settings['clips'])} clips, {settings['frames']} frames of "
                      f"{settings['size'][0]}×{settings['size'][1]}",
-             "sampling": f"{settings['steps']} steps ({settings.get('estimate_steps', settings['steps'])} for "
+             "sampling": f"{settings['steps']} steps ({_estimate_steps_note(settings)} for "
                          f"estimation{_ensemble_note(settings)}), guidance {settings['guidance'] or 'default'}, "
                          f"seed {settings['seed']}",
              "evaluation time": f"{settings['wall_s']:.0f} s"}
@@ -78,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--note {note!r}: write KEY=VALUE")
     if args.loss_curve is not None and not args.loss_curve.is_file():
         raise FileNotFoundError(f"--loss-curve {args.loss_curve}: no such file")
+    estimate_steps = parse_estimate_steps(args.estimate_steps)
 
     import json
 
@@ -88,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = args.tasks or [t for t in EVAL_TASKS if not spec.tasks or t in spec.tasks]
     out_dir, name = args.out.parent, args.out.stem
     rows = evaluate(args.checkpoint, args.data, out_dir, tasks=tasks, modalities=args.modalities,
-                    clips=args.clips or None, steps=args.steps, estimate_steps=args.estimate_steps,
+                    clips=args.clips or None, steps=args.steps, estimate_steps=estimate_steps,
                     ensemble=args.ensemble,
                     guidance=args.guidance, seed=args.seed,
                     split=args.split, batch_size=args.batch_size, keep_videos=args.keep_videos,

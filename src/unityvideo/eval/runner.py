@@ -34,7 +34,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from unityvideo.modalities import MODALITY_NAMES, canonical_name, default_max_fl
 
 __all__ = ["evaluate", "EVAL_TASKS", "HIGHER_IS_BETTER", "QUALITY_METRICS", "baseline_kind", "EvalClip",
            "load_eval_clips", "resolve_manifest", "aggregate", "write_results", "save_videos", "load_videos",
-           "markdown_table", "plot_task", "is_better"]
+           "markdown_table", "plot_task", "is_better", "estimate_step_counts", "describe_step_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _estimate_uses_caption(folder: Path | None) -> bool:
 @dataclass
 class _Settings:
     steps: int
-    estimate_steps: int
+    estimate_steps: dict[str, int]  # per modality
     guidance: float | None
     seed: int
     batch_size: int
@@ -257,7 +257,7 @@ class _Session:
         if task == "estimate" and not self.settings.estimate_caption:
             prompts = [""] * len(batch)
         out = self.pipe(prompt=prompts, task=task, modalities=[modality] if modality and task != "control" else (),
-                        num_inference_steps=self.settings.estimate_steps if task == "estimate"
+                        num_inference_steps=self.settings.estimate_steps[modality] if task == "estimate"
                         else self.settings.steps,
                         guidance_scale=None if task == "estimate" else self.settings.guidance,
                         ensemble_size=self.settings.ensemble if task == "estimate" else 1,
@@ -559,10 +559,38 @@ def _load_spec(checkpoint) -> tuple[Any, Path | None]:
     return checkpoint.spec, None
 
 
+def estimate_step_counts(estimate_steps: int | Mapping[str, int] | None, steps: int,
+                         modalities: Sequence[str]) -> dict[str, int]:
+    """Denoising steps of estimation per modality: one count for all (None: `steps`), or a mapping
+    modality -> count where unnamed modalities take `steps`. Few steps approach the posterior mean,
+    which suits some modalities' metrics; many let an ensemble's samples differ (docs/demo.md)."""
+    if estimate_steps is None or isinstance(estimate_steps, int):
+        counts = dict.fromkeys(modalities, steps if estimate_steps is None else estimate_steps)
+    else:
+        named = {canonical_name(m): n for m, n in estimate_steps.items()}
+        unknown = [m for m in named if m not in modalities]
+        if unknown:
+            raise ValueError(f"estimate_steps names {unknown}, which this evaluation does not estimate; "
+                             f"it estimates {list(modalities)}")
+        counts = {m: named.get(m, steps) for m in modalities}
+    bad = {m: n for m, n in counts.items() if not isinstance(n, int) or n < 1}
+    if steps < 1 or bad:
+        raise ValueError(f"steps and estimate_steps must be >= 1, got {steps} and {bad or counts}")
+    return counts
+
+
+def describe_step_counts(counts: Mapping[str, int] | int) -> str:
+    """'16' when every modality shares a count, else 'depth 16, flow 2, ...'."""
+    if isinstance(counts, int):
+        return str(counts)
+    values = set(counts.values())
+    return str(values.pop()) if len(values) == 1 else ", ".join(f"{m} {n}" for m, n in counts.items())
+
+
 def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | Path,
              tasks: Sequence[str] = EVAL_TASKS, modalities: Sequence[str] | None = None,
              clips: int | None = None, steps: int = 30, guidance: float | None = None, seed: int = 0,
-             estimate_steps: int | None = None, ensemble: int = 1,
+             estimate_steps: int | Mapping[str, int] | None = None, ensemble: int = 1,
              split: str | None = None, batch_size: int = 4, keep_videos: int = 2, device: str | None = None,
              dtype: str = "float32", name: str = "results") -> list[dict]:
     """Run the benchmark and write its files (see the module doc); returns the metric rows.
@@ -572,23 +600,22 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     modalities: default those the checkpoint learned. clips: the first N usable clips (None: all).
     steps / guidance: sampling steps and text guidance of the generative tasks (None: the pipeline's
     defaults; estimation runs without guidance). estimate_steps: steps of estimation (and of the
-    re-estimation that scores control); None: `steps`. One step is the model's x0 prediction from pure
-    noise, the posterior mean given the RGB, which a metric against one ground truth favours.
+    re-estimation that scores control and joint), one count or per modality (`estimate_step_counts`);
+    None: `steps`. One step is the model's x0 prediction from pure noise, the posterior mean given the
+    RGB, which a metric against one ground truth favours.
     ensemble: estimates per clip combined by `Modality.combine`, for estimation and the
     re-estimates that score control and joint. Clips
     are cut to the checkpoint's frames and size (centre crop, no resize). device: None = cuda when
     available.
     """
     start = time.perf_counter()
-    estimate_steps = steps if estimate_steps is None else estimate_steps
-    if steps < 1 or estimate_steps < 1:
-        raise ValueError(f"steps and estimate_steps must be >= 1, got {steps} and {estimate_steps}")
     if ensemble < 1:
         raise ValueError(f"ensemble must be >= 1, got {ensemble}")
     if clips is not None and clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     spec, folder = _load_spec(checkpoint_or_pipeline)
     tasks, modalities = _check_request(tasks, modalities, spec)
+    estimate_steps = estimate_step_counts(estimate_steps, steps, modalities)
     manifest = resolve_manifest(data_manifest)
     records = select_records(manifest, split)
     frames = spec.frames if spec else None
