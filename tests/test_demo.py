@@ -39,6 +39,9 @@ def test_demo_runs_every_task_and_writes_report_and_metrics(tmp_path):
     estimated = {r["modality"] for r in rows if r["task"] == "estimate" and r["baseline"] is not None}
     assert estimated == {"depth", "flow", "segmentation", "skeleton", "densepose"}
     assert all(np.isfinite(r["model"]) for r in rows if r["task"] == "estimate" and r["metric"] in ("abs_rel", "epe"))
+    settings = json.loads((out / "eval" / "results.per_clip.json").read_text())["settings"]
+    # the default estimation recipe, each count capped at --eval-steps
+    assert settings["estimate_steps"] == {"depth": 2, "flow": 1, "segmentation": 1, "skeleton": 2, "densepose": 2}
     page = (out / "report.html").read_text()
     assert "fine-tuned for 2 steps" in page and "<table" in page
     assert (out / "loss.png").is_file() and (out / "run" / "export" / "unityvideo.json").is_file()

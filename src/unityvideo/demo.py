@@ -17,6 +17,10 @@ from pathlib import Path
 from unityvideo.assets import DEFAULT_CHECKPOINT
 
 DEFAULT_ENSEMBLE = 4  # estimates combined per clip (Modality.combine): docs/demo.md measures what it buys
+# Denoising steps of each estimate, chosen on held-out clips of another world seed (docs/demo.md): depth
+# keeps improving up to 16 steps; flow and segmentation are best from 1 step (the x0 prediction, close to
+# the posterior mean); skeleton and DensePose gain nothing from 16 steps over 4.
+DEFAULT_ESTIMATE_STEPS = {"depth": 16, "flow": 1, "segmentation": 1, "skeleton": 4, "densepose": 4}
 ALL_MODALITIES = {"depth": 1.0, "flow": 1.0, "densepose": 1.0, "segmentation": 1.0, "skeleton": 1.0}
 
 
@@ -38,7 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per generation (default 16)")
     p.add_argument("--estimate-steps", nargs="+", default=None, metavar="N | M=N",
                    help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
-                        "others take --eval-steps). Default: --eval-steps; 1 = the x0 prediction from noise")
+                        "others take --eval-steps); 1 = the x0 prediction from noise. Default: " +
+                        " ".join(f"{m}={n}" for m, n in DEFAULT_ESTIMATE_STEPS.items()) + ", each at most --eval-steps")
     p.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, metavar="K",
                    help=f"estimates per clip combined (median / vote / medoid) in the scoring "
                         f"(default {DEFAULT_ENSEMBLE}; 1 = a single sample)")
@@ -108,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --train-clips must be >= 1 and --test-clips >= 2 (control is scored "
                          "against another clip's signal)")
     config = demo_config(out, args.from_scratch, steps, args.preset, args.train_clips, args.test_clips, args.seed)
-    estimate_steps = estimate_step_counts(parse_estimate_steps(args.estimate_steps), args.eval_steps,
-                                          list(ALL_MODALITIES))  # a bad count fails here, before any work
+    requested = (parse_estimate_steps(args.estimate_steps) if args.estimate_steps else
+                 {m: min(n, args.eval_steps) for m, n in DEFAULT_ESTIMATE_STEPS.items()})
+    estimate_steps = estimate_step_counts(requested, args.eval_steps, list(ALL_MODALITIES))  # fails before any work
 
     print(f"[1/3] world: {args.train_clips} train + {args.test_clips} held-out clips -> {out / 'world'}")
     world = prepare_world(config.data.world, Path(config.train.run_dir))
