@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from unityvideo.assets import DEFAULT_CHECKPOINT
+from unityvideo.assets import DEFAULT_CHECKPOINT, checkpoint_label
 from unityvideo.eval.runner import evaluate, is_better
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,7 +47,7 @@ def measure(args: argparse.Namespace) -> dict:
                                 clips=args.clips, steps=steps, ensemble=k, keep_videos=0)
                 runs.append({"ensemble": k, "steps": steps, "wall_s": round(time.perf_counter() - start, 1),
                              "rows": rows})
-    return {"benchmark": "estimate_ensemble", "checkpoint": str(args.checkpoint), "data": str(args.data),
+    return {"benchmark": "estimate_ensemble", "checkpoint": checkpoint_label(args.checkpoint), "data": str(args.data),
             "clips": args.clips, "runs": runs}
 
 

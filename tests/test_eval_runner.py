@@ -263,13 +263,12 @@ def test_ensemble_benchmark_scores_each_k_and_steps_on_the_same_clips(checkpoint
 def test_densepose_error_counts_tell_margin_noise_from_false_bodies():
     from test_benchmarks import load
 
-    red = np.zeros((1, 4, 4), np.uint8)
-    red[0, 0, :2] = 10   # a found body pixel and a false one at the background margin (part 1)
-    red[0, 1, 0] = 60    # a false part-6 pixel: a hallucinated body, not rounding noise
-    red[0, 1, 1] = 4     # rounds to background
+    part = np.zeros((1, 4, 4), np.float32)
+    part[0, 0, :2] = 1   # a found body pixel and a false one at the background margin (part 1)
+    part[0, 1, 0] = 6    # a false part-6 pixel: a hallucinated body, not rounding noise
     gt = np.zeros((1, 4, 4))
     gt[0, 0, 0] = gt[0, 2, 2] = 3
-    counts = load("densepose_errors").clip_errors(red, gt)
+    counts = load("densepose_errors").clip_errors(part, gt)
     assert counts == {"gt_body_px": 2, "found_body_px": 1, "false_body_px": 2, "false_at_margin_px": 1,
                       "false_median_part": 3.5}
 

@@ -4,6 +4,14 @@ DEFAULT_CHECKPOINT: a tiny UnityVideo model trained on the procedural world with
 (see its README.md); `unityvideo generate` and `unityvideo demo` use it when no checkpoint is given.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "tiny-world"
+
+
+def checkpoint_label(folder: str | Path) -> str:
+    """How a results file names a checkpoint: the shipped one by name (its install path differs from
+    machine to machine), any other by the path it was given."""
+    return f"shipped {DEFAULT_CHECKPOINT.name}" if Path(folder).resolve() == DEFAULT_CHECKPOINT else str(folder)
