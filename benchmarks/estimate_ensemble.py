@@ -14,11 +14,11 @@ Writes benchmarks/results/estimate_ensemble.json and prints one row per modality
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
+from perf_common import run_benchmark
 from unityvideo.assets import DEFAULT_CHECKPOINT, checkpoint_label
 from unityvideo.eval.runner import evaluate, is_better
 
@@ -70,11 +70,7 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    result = measure(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(render(result))
+    run_benchmark(parse_args(argv), measure, render)
 
 
 if __name__ == "__main__":

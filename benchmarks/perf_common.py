@@ -341,6 +341,15 @@ def write_results(path: Path, payload: dict) -> Path:
     return path
 
 
+def run_benchmark(args: argparse.Namespace, measure: Callable[[argparse.Namespace], dict],
+                  render: Callable[[dict], str]) -> dict:
+    """The main() of a measuring script: measure, write the JSON to args.out, print the rendering."""
+    result = measure(args)
+    write_results(args.out, result)
+    print(render(result))
+    return result
+
+
 def report(kind: str, payload: dict, setting: str, columns: list[tuple[str, str, str]], path: Path) -> str:
     """The printed summary of a benchmark run: where the JSON went, what was measured, the table."""
     env, geo = payload["environment"], payload["geometry"]

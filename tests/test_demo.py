@@ -9,6 +9,7 @@ import numpy as np
 from unityvideo.assets import DEFAULT_CHECKPOINT
 from unityvideo.cli import main
 from unityvideo.data import read_video
+from unityvideo.demo import DEFAULT_ENSEMBLE
 from unityvideo.models.checkpoint import load_checkpoint_spec
 
 ROW_KEYS = {"task", "modality", "metric", "model", "baseline", "higher_is_better"}
@@ -42,6 +43,15 @@ def test_demo_runs_every_task_and_writes_report_and_metrics(tmp_path):
     settings = json.loads((out / "eval" / "results.per_clip.json").read_text())["settings"]
     # the default estimation recipe, each count capped at --eval-steps
     assert settings["estimate_steps"] == {"depth": 2, "flow": 1, "segmentation": 1, "skeleton": 2, "densepose": 2}
+    assert settings["ensemble"] == DEFAULT_ENSEMBLE
     page = (out / "report.html").read_text()
     assert "fine-tuned for 2 steps" in page and "<table" in page
     assert (out / "loss.png").is_file() and (out / "run" / "export" / "unityvideo.json").is_file()
+
+
+def test_results_files_name_the_shipped_checkpoint_by_step_not_path(tmp_path):
+    from unityvideo.assets import checkpoint_label
+
+    step = load_checkpoint_spec(DEFAULT_CHECKPOINT).step
+    assert checkpoint_label(DEFAULT_CHECKPOINT) == f"shipped tiny-world (step {step})"
+    assert checkpoint_label(tmp_path) == str(tmp_path)

@@ -155,17 +155,17 @@ def test_estimation_steps_per_modality_cover_the_reestimates(checkpoint, world, 
         evaluate(pipe, world, tmp_path, tasks=["estimate"], modalities=["depth"], estimate_steps={"depth": 0})
 
 
-def test_estimate_steps_flag_takes_one_count_or_modality_counts():
-    from unityvideo.eval.cli import parse_estimate_steps
-    from unityvideo.eval.runner import describe_step_counts
+def test_count_flags_take_one_count_or_modality_counts():
+    from unityvideo.eval.cli import parse_counts
+    from unityvideo.eval.runner import describe_counts
 
-    assert parse_estimate_steps(None) is None and parse_estimate_steps(["16"]) == 16
-    assert parse_estimate_steps(["depth=16", "flow=1"]) == {"depth": 16, "flow": 1}
+    assert parse_counts(None) is None and parse_counts(["16"]) == 16
+    assert parse_counts(["depth=16", "flow=1"]) == {"depth": 16, "flow": 1}
     for bad in (["flow=x"], ["16", "flow=2"], ["=2"], ["2.5"]):
-        with pytest.raises(ValueError, match="give one step count"):
-            parse_estimate_steps(bad)
-    assert describe_step_counts({"depth": 4, "flow": 4}) == "4"
-    assert describe_step_counts({"depth": 16, "flow": 1}) == "depth 16, flow 1"
+        with pytest.raises(ValueError, match=r"--ensemble .*: give one count"):
+            parse_counts(bad, "--ensemble")
+    assert describe_counts({"depth": 4, "flow": 4}) == "4"
+    assert describe_counts({"depth": 16, "flow": 1}) == "depth 16, flow 1"
 
 
 def test_ensemble_applies_to_estimates_only_and_is_recorded(checkpoint, world, tmp_path, pipeline_calls):
@@ -175,9 +175,23 @@ def test_ensemble_applies_to_estimates_only_and_is_recorded(checkpoint, world, t
     assert set(seen) == {("estimate", 2), ("control", 1)}  # control's re-estimate is an estimate too
     assert sum(task == "estimate" for task, _ in seen) > sum(task == "control" for task, _ in seen)
     settings = json.loads((tmp_path / "results.per_clip.json").read_text())["settings"]
-    assert settings["ensemble"] == 2
+    assert settings["ensemble"] == {"depth": 2}
     with pytest.raises(ValueError, match="ensemble must be >= 1"):
         evaluate(pipe, world, tmp_path, tasks=["t2v"], ensemble=0)
+
+
+def test_ensemble_sizes_per_modality_reach_estimates_and_reestimates(checkpoint, world, tmp_path, pipeline_calls):
+    pipe = UnityVideoPipeline.from_pretrained(checkpoint)
+    evaluate(pipe, world, tmp_path, tasks=["estimate", "control"], modalities=["depth", "flow"], steps=1,
+             ensemble={"flow": 3}, keep_videos=0)
+    sizes = {(c["task"], tuple(c["modalities"]) or tuple(c["conditions"]), c["ensemble_size"]) for c in pipeline_calls}
+    # control's re-estimate of its own modality is an estimate with that modality's size
+    assert sizes == {("estimate", ("depth",), 1), ("estimate", ("flow",), 3),
+                     ("control", ("depth",), 1), ("control", ("flow",), 1)}
+    settings = json.loads((tmp_path / "results.per_clip.json").read_text())["settings"]
+    assert settings["ensemble"] == {"depth": 1, "flow": 3}
+    with pytest.raises(ValueError, match=r"ensemble names \['segmentation'\]"):
+        evaluate(pipe, world, tmp_path, tasks=["estimate"], modalities=["depth"], ensemble={"segmentation": 2})
 
 
 @pytest.fixture()
@@ -201,6 +215,10 @@ def test_errors_before_any_work(checkpoint, world, tmp_path, no_model, capsys):
         (["--checkpoint", checkpoint, "--data", tmp_path / "nowhere"], "no such file or folder"),
         (["--checkpoint", checkpoint, "--data", world, "--split", "train"], "split 'train'"),
         (["--checkpoint", checkpoint, "--data", world, "--tasks", "paint"], "unknown tasks"),
+        (["--checkpoint", checkpoint, "--data", world, "--ensemble", "flow=x"], "--ensemble 'flow=x': give one count"),
+        (["--checkpoint", checkpoint, "--data", world, "--modalities", "depth", "--ensemble", "flow=4"],
+         "ensemble names ['flow']"),
+        (["--checkpoint", checkpoint, "--data", world, "--ensemble", "0"], "ensemble must be >= 1"),
     ]
     for argv, message in cases:
         assert eval_cli(*argv, "--out", out) == 2
@@ -278,8 +296,54 @@ def test_densepose_error_benchmark_writes_a_row_per_clip(checkpoint, world, tmp_
 
     out = tmp_path / "densepose.json"
     load("densepose_errors").main(["--checkpoint", str(checkpoint), "--data", str(world), "--clips", "2",
-                                   "--steps", "1", "--out", str(out)])
-    rows = json.loads(out.read_text())["clips"]
+                                   "--steps", "1", "--ensembles", "1", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["clips"]
     assert len(rows) == 2 and all(r["found_body_px"] <= r["gt_body_px"] for r in rows)
     assert all(r["false_at_margin_px"] <= r["false_body_px"] for r in rows)
+    votes = {(r["clip_id"], r["ensemble"], r["vote"]): r for r in result["votes"]}
+    assert len(votes) == 2 * 2 * 2
+    for clip in {r["clip_id"] for r in rows}:  # one sample: both votes are that sample
+        assert votes[clip, 1, "two-level"] == {**votes[clip, 1, "one-level"], "vote": "two-level"}
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("false body pixels:")
+
+
+def test_one_level_densepose_vote_loses_a_body_split_between_parts():
+    from test_benchmarks import load
+
+    bench = load("densepose_errors")
+    parts = np.array([3, 4, 0, 0, 5])[:, None]  # 3 of 5 samples see a body, in three different parts
+    assert bench.one_level_vote(parts).tolist() == [0]
+    scores = bench.vote_scores(np.array([[1, 0]]), np.array([[1, 1]]))
+    assert scores == {"part_miou": 0.5, "body_iou": 0.5, "body_px": 1, "gt_body_px": 2}
+
+
+def test_flow_errors_split_still_and_moving_pixels():
+    from test_benchmarks import load
+
+    gt = np.zeros((1, 2, 2, 2))
+    gt[0, 0, 0] = (3.0, 4.0)                 # one moving pixel (5 px), three still
+    pred = np.zeros_like(gt)
+    pred[0, 0, 0] = (3.0, 0.0)               # moving pixel off by 4 px
+    pred[0, 1, :] = (0.3, 0.0)               # two still pixels with the same 0.3 px drift
+    errors = load("flow_errors").clip_errors(pred, gt)
+    assert errors["still_share"] == 0.75 and errors["zero_epe"] == pytest.approx(1.25)
+    assert errors["still_epe"] == pytest.approx(0.2) and errors["still_bias_px"] == pytest.approx(0.2)
+    assert errors["moving_epe"] == pytest.approx(4.0) and errors["moving_zero_epe"] == pytest.approx(5.0)
+    assert errors["epe"] == pytest.approx((4.0 + 0.6) / 4)
+    valid = np.ones((1, 2, 2), bool)
+    valid[0, 0, 0] = False  # without the moving pixel only the drift is left
+    errors = load("flow_errors").clip_errors(pred, gt, valid=valid)
+    assert errors["moving_epe"] is None and errors["epe"] == pytest.approx(0.2) and errors["zero_epe"] == 0
+
+
+def test_flow_error_benchmark_writes_a_row_per_clip_and_k(checkpoint, world, tmp_path, capsys):
+    from test_benchmarks import load
+
+    out = tmp_path / "flow.json"
+    load("flow_errors").main(["--checkpoint", str(checkpoint), "--data", str(world), "--clips", "2",
+                              "--ensembles", "1", "2", "--out", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["ensemble"] for run in runs] == [1, 2] and all(len(run["clips"]) == 2 for run in runs)
+    assert all(0 <= r["still_share"] <= 1 and r["epe"] >= 0 for run in runs for r in run["clips"])
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("mean K=2:")

@@ -315,3 +315,18 @@ def test_densepose_ensemble_votes_parts_and_averages_agreeing_uv():
     combined = m.decode(m.combine([m.encode(iuv(0.2)), m.encode(iuv(0.4)), m.encode(other)]))
     assert combined[0, 0, 0, 0] == 3 and np.all(combined[0, 1:, :, 0] == 0)
     assert abs(combined[0, 0, 0, 1] - 0.3) < 2 / 255  # the mean UV of the two samples that said part 3
+
+
+def test_densepose_ensemble_keeps_a_body_its_samples_split_between_parts():
+    m = get_modality("densepose")
+    samples = []
+    for first, second in ((3, 4), (4, 0), (0, 3)):  # each pixel: body in 2 of 3 samples, never the same part
+        iuv = np.zeros((1, 1, 2, 3), np.float32)
+        iuv[0, 0, :, 0] = (first, second)
+        samples.append(m.encode(iuv))
+    combined = m.decode(m.combine(samples))[..., 0]
+    assert combined.tolist() == [[[3, 3]]]  # body by majority; the part tie goes to the lower part
+    lone = np.zeros((1, 1, 2, 3), np.float32)
+    lone[0, 0, 0, 0] = 5
+    background = m.encode(np.zeros_like(lone))
+    assert np.all(m.decode(m.combine([m.encode(lone), background]))[..., 0] == 0)  # a tie is background

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from unityvideo.assets import DEFAULT_CHECKPOINT
 
-DEFAULT_ENSEMBLE = 4  # estimates combined per clip (Modality.combine): docs/demo.md measures what it buys
-# Denoising steps of each estimate, chosen on held-out clips of another world seed (docs/demo.md): depth
-# keeps improving up to 16 steps; flow and segmentation are best from 1 step (the x0 prediction, close to
-# the posterior mean); skeleton and DensePose gain nothing from 16 steps over 4.
+# Denoising steps and ensemble size (estimates combined per clip, Modality.combine) of each modality's
+# estimate, chosen on held-out clips of another world seed (docs/demo.md): depth keeps improving up to 16
+# steps; flow and segmentation are best from 1 step (the x0 prediction, close to the posterior mean);
+# skeleton and DensePose gain nothing from 16 steps over 4. Flow's single estimates are noisy, and 16 of
+# them combined beat 4; for the other modalities 16 buy nothing over 4.
 DEFAULT_ESTIMATE_STEPS = {"depth": 16, "flow": 1, "segmentation": 1, "skeleton": 4, "densepose": 4}
+DEFAULT_ENSEMBLE = {"depth": 4, "flow": 16, "segmentation": 4, "skeleton": 4, "densepose": 4}
 ALL_MODALITIES = {"depth": 1.0, "flow": 1.0, "densepose": 1.0, "segmentation": 1.0, "skeleton": 1.0}
 
 
@@ -44,9 +46,10 @@ def register(subparsers) -> None:
                    help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
                         "others take --eval-steps); 1 = the x0 prediction from noise. Default: " +
                         " ".join(f"{m}={n}" for m, n in DEFAULT_ESTIMATE_STEPS.items()) + ", each at most --eval-steps")
-    p.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE, metavar="K",
-                   help=f"estimates per clip combined (median / vote / medoid) in the scoring "
-                        f"(default {DEFAULT_ENSEMBLE}; 1 = a single sample)")
+    p.add_argument("--ensemble", nargs="+", default=None, metavar="K | M=K",
+                   help="estimates per clip combined (median / vote / medoid) in the scoring: one size, or per "
+                        "modality (the others take 1); 1 = a single sample. Default: " +
+                        " ".join(f"{m}={k}" for m, k in DEFAULT_ENSEMBLE.items()))
     p.add_argument("--seed", type=int, default=0, help="seed of the run and the evaluation")
     p.set_defaults(func=run)
 
@@ -100,9 +103,9 @@ def combined_loss_records(run_dir: Path, shipped: bool) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unityvideo.eval.cli import parse_estimate_steps
+    from unityvideo.eval.cli import parse_counts
     from unityvideo.eval.report import plot_loss_curve, report_from_results
-    from unityvideo.eval.runner import describe_step_counts, estimate_step_counts, evaluate
+    from unityvideo.eval.runner import describe_counts, evaluate, modality_counts
     from unityvideo.training import train
     from unityvideo.training.data import prepare_world, world_folder
 
@@ -113,9 +116,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --train-clips must be >= 1 and --test-clips >= 2 (control is scored "
                          "against another clip's signal)")
     config = demo_config(out, args.from_scratch, steps, args.preset, args.train_clips, args.test_clips, args.seed)
-    requested = (parse_estimate_steps(args.estimate_steps) if args.estimate_steps else
+    requested = (parse_counts(args.estimate_steps, "--estimate-steps") if args.estimate_steps else
                  {m: min(n, args.eval_steps) for m, n in DEFAULT_ESTIMATE_STEPS.items()})
-    estimate_steps = estimate_step_counts(requested, args.eval_steps, list(ALL_MODALITIES))  # fails before any work
+    # Both fail here, before any work.
+    estimate_steps = modality_counts(requested, args.eval_steps, list(ALL_MODALITIES))
+    ensemble = modality_counts(parse_counts(args.ensemble, "--ensemble") if args.ensemble else DEFAULT_ENSEMBLE,
+                               1, list(ALL_MODALITIES), "--ensemble")
 
     print(f"[1/3] world: {args.train_clips} train + {args.test_clips} held-out clips -> {out / 'world'}")
     world = prepare_world(config.data.world, Path(config.train.run_dir))
@@ -127,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/3] every task on {args.test_clips} held-out clips, {args.eval_steps} sampling steps")
     eval_dir = out / "eval"
     rows = evaluate(run_dir / "export", world_folder(config.data.world, run_dir), eval_dir, split="test",
-                    steps=args.eval_steps, estimate_steps=estimate_steps, ensemble=args.ensemble,
+                    steps=args.eval_steps, estimate_steps=estimate_steps, ensemble=ensemble,
                     seed=args.seed)
     (out / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
     loss = plot_loss_curve(combined_loss_records(run_dir, not args.from_scratch), out / "loss.png")
@@ -136,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
               f"for {steps} steps on all five modalities; pass --from-scratch to train a fresh model")
     notes = {"recipe": recipe, "training time": f"{train_s:.0f} s",
              "held-out clips": f"{args.test_clips} test-split clips (scenes never seen in training)",
-             "sampling": f"{args.eval_steps} steps ({describe_step_counts(estimate_steps)} for estimation, "
-                         f"an ensemble of {args.ensemble} per estimate)",
+             "sampling": f"{args.eval_steps} steps ({describe_counts(estimate_steps)} for estimation, "
+                         f"ensemble sizes {describe_counts(ensemble)})",
              "total time": f"{time.perf_counter() - start:.0f} s"}
     report = report_from_results(eval_dir, loss_curve=loss, notes=notes, report_dir=out,
                                  title="UnityVideo demo on the built-in world")

@@ -535,11 +535,15 @@ def _decode_densepose(frames: Frames, **_: Any) -> RawArray:
 
 
 def _combine_densepose(samples: np.ndarray) -> Frames:
-    """The per-pixel most frequent part (background wins ties) and the mean UV of the samples that
-    voted for it."""
+    """Two votes per pixel: body or background by majority (ties: background), then, on body pixels,
+    the part most of the body votes name; UV is the mean of the samples that named that part. A
+    one-level vote over the 25 labels would hand a pixel that most samples see as body, but split
+    between neighbouring parts, to the background."""
     iuv = _decode_densepose(samples.reshape(-1, *samples.shape[2:])).reshape(*samples.shape[:-1], 3)
     parts = iuv[..., 0].astype(np.int64)
-    part = _mode(parts, 25)
+    body = 2 * (parts > 0).sum(0) > len(parts)
+    # Background votes become the impossible label 25 so the mode over 1..24 ignores them.
+    part = np.where(body, _mode(np.where(parts > 0, parts, 25), 26), 0)
     agree = (parts == part[None]).astype(np.float32)
     uv = (iuv[..., 1:] * agree[..., None]).sum(0) / np.maximum(agree.sum(0), 1)[..., None]
     return _encode_densepose(np.concatenate([part[..., None].astype(np.float32), uv], axis=-1))

@@ -6,12 +6,16 @@ DEFAULT_CHECKPOINT: a tiny UnityVideo model trained on the procedural world with
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "tiny-world"
 
 
 def checkpoint_label(folder: str | Path) -> str:
-    """How a results file names a checkpoint: the shipped one by name (its install path differs from
-    machine to machine), any other by the path it was given."""
-    return f"shipped {DEFAULT_CHECKPOINT.name}" if Path(folder).resolve() == DEFAULT_CHECKPOINT else str(folder)
+    """How a results file names a checkpoint: the shipped one by name and training step (its install
+    path differs from machine to machine), any other by the path it was given."""
+    if Path(folder).resolve() != DEFAULT_CHECKPOINT:
+        return str(folder)
+    step = json.loads((DEFAULT_CHECKPOINT / "unityvideo.json").read_text()).get("step")
+    return f"shipped {DEFAULT_CHECKPOINT.name} (step {step})"

@@ -28,9 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--estimate-steps", nargs="+", default=None, metavar="N | M=N",
                    help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
                         "others take --steps). Default: --steps; 1 = the x0 prediction from noise")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+    p.add_argument("--ensemble", nargs="+", default=None, metavar="K | M=K",
                    help="estimates per clip combined (`Modality.combine`), for estimation and the "
-                        "re-estimates that score control and joint (default 1)")
+                        "re-estimates that score control and joint: one size, or per modality (flow=16 "
+                        "densepose=16; the others take 1). Default 1")
     p.add_argument("--guidance", type=float, default=None,
                    help="text guidance of control/joint/t2v (default: the pipeline's, 5); estimation uses none")
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i gets a seed of (seed, i) (default 0)")
@@ -46,8 +47,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_estimate_steps(values: list[str] | None) -> int | dict[str, int] | None:
-    """--estimate-steps: None, one count ("16"), or MODALITY=N items ("depth=16 flow=1")."""
+def parse_counts(values: list[str] | None, flag: str = "--estimate-steps") -> int | dict[str, int] | None:
+    """A per-modality count flag (--estimate-steps, --ensemble): None, one count ("16"), or
+    MODALITY=N items ("depth=16 flow=1")."""
     if not values:
         return None
     if len(values) == 1 and values[0].strip().isdigit():
@@ -56,21 +58,25 @@ def parse_estimate_steps(values: list[str] | None) -> int | dict[str, int] | Non
     for item in values:
         name, sep, count = item.partition("=")
         if not sep or not name.strip() or not count.strip().isdigit():
-            raise ValueError(f"--estimate-steps {item!r}: give one step count (16) or MODALITY=N items "
-                             "(depth=16 flow=1)")
+            raise ValueError(f"{flag} {item!r}: give one count (16) or MODALITY=N items (depth=16 flow=1)")
         counts[name.strip()] = int(count)
     return counts
 
 
 def _ensemble_note(settings: dict) -> str:
-    k = settings.get("ensemble", 1)
-    return f", an ensemble of {k} per estimate" if k > 1 else ""
+    from unityvideo.eval.runner import describe_counts
+
+    sizes = settings.get("ensemble", 1)
+    if isinstance(sizes, int) or len(set(sizes.values())) == 1:
+        k = sizes if isinstance(sizes, int) else next(iter(sizes.values()))
+        return f", an ensemble of {k} per estimate" if k > 1 else ""
+    return f", ensembles of {describe_counts(sizes)}"
 
 
 def _estimate_steps_note(settings: dict) -> str:
-    from unityvideo.eval.runner import describe_step_counts
+    from unityvideo.eval.runner import describe_counts
 
-    return describe_step_counts(settings.get("estimate_steps") or settings["steps"])
+    return describe_counts(settings.get("estimate_steps") or settings["steps"])
 
 
 def _notes(args: argparse.Namespace, settings: dict) -> dict[str, str]:
@@ -101,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--note {note!r}: write KEY=VALUE")
     if args.loss_curve is not None and not args.loss_curve.is_file():
         raise FileNotFoundError(f"--loss-curve {args.loss_curve}: no such file")
-    estimate_steps = parse_estimate_steps(args.estimate_steps)
+    estimate_steps = parse_counts(args.estimate_steps, "--estimate-steps")
+    ensemble = parse_counts(args.ensemble, "--ensemble")
 
     import json
 
@@ -113,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir, name = args.out.parent, args.out.stem
     rows = evaluate(args.checkpoint, args.data, out_dir, tasks=tasks, modalities=args.modalities,
                     clips=args.clips or None, steps=args.steps, estimate_steps=estimate_steps,
-                    ensemble=args.ensemble,
+                    ensemble=1 if ensemble is None else ensemble,
                     guidance=args.guidance, seed=args.seed,
                     split=args.split, batch_size=args.batch_size, keep_videos=args.keep_videos,
                     device=args.device, dtype=args.dtype, name=name)

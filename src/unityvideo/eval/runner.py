@@ -49,7 +49,7 @@ from unityvideo.modalities import MODALITY_NAMES, canonical_name, default_max_fl
 
 __all__ = ["evaluate", "EVAL_TASKS", "HIGHER_IS_BETTER", "QUALITY_METRICS", "baseline_kind", "EvalClip",
            "load_eval_clips", "resolve_manifest", "aggregate", "write_results", "save_videos", "load_videos",
-           "markdown_table", "plot_task", "is_better", "estimate_step_counts", "describe_step_counts"]
+           "markdown_table", "plot_task", "is_better", "modality_counts", "describe_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class _Settings:
     batch_size: int
     keep_videos: int
     estimate_caption: bool
-    ensemble: int = 1
+    ensemble: dict[str, int]  # per modality
 
 
 @dataclass
@@ -260,7 +260,7 @@ class _Session:
                         num_inference_steps=self.settings.estimate_steps[modality] if task == "estimate"
                         else self.settings.steps,
                         guidance_scale=None if task == "estimate" else self.settings.guidance,
-                        ensemble_size=self.settings.ensemble if task == "estimate" else 1,
+                        ensemble_size=self.settings.ensemble[modality] if task == "estimate" else 1,
                         generator=[torch.Generator("cpu").manual_seed(_clip_seed(self.settings.seed, c.index))
                                    for c in batch],
                         decode_hints={modality: _decode_hints(batch[0], modality)} if modality else None, **inputs)
@@ -559,27 +559,28 @@ def _load_spec(checkpoint) -> tuple[Any, Path | None]:
     return checkpoint.spec, None
 
 
-def estimate_step_counts(estimate_steps: int | Mapping[str, int] | None, steps: int,
-                         modalities: Sequence[str]) -> dict[str, int]:
-    """Denoising steps of estimation per modality: one count for all (None: `steps`), or a mapping
-    modality -> count where unnamed modalities take `steps`. Few steps approach the posterior mean,
-    which suits some modalities' metrics; many let an ensemble's samples differ (docs/demo.md)."""
-    if estimate_steps is None or isinstance(estimate_steps, int):
-        counts = dict.fromkeys(modalities, steps if estimate_steps is None else estimate_steps)
+def modality_counts(value: int | Mapping[str, int] | None, default: int, modalities: Sequence[str],
+                    what: str = "estimate_steps") -> dict[str, int]:
+    """A count per modality (estimation steps, ensemble sizes): one count for all (None: `default`), or
+    a mapping modality -> count where unnamed modalities take `default`. `what` names the setting in
+    errors. Few steps approach the posterior mean, which suits some modalities' metrics; many let an
+    ensemble's samples differ (docs/demo.md)."""
+    if value is None or isinstance(value, int):
+        counts = dict.fromkeys(modalities, default if value is None else value)
     else:
-        named = {canonical_name(m): n for m, n in estimate_steps.items()}
+        named = {canonical_name(m): n for m, n in value.items()}
         unknown = [m for m in named if m not in modalities]
         if unknown:
-            raise ValueError(f"estimate_steps names {unknown}, which this evaluation does not estimate; "
+            raise ValueError(f"{what} names {unknown}, which this evaluation does not estimate; "
                              f"it estimates {list(modalities)}")
-        counts = {m: named.get(m, steps) for m in modalities}
+        counts = {m: named.get(m, default) for m in modalities}
     bad = {m: n for m, n in counts.items() if not isinstance(n, int) or n < 1}
-    if steps < 1 or bad:
-        raise ValueError(f"steps and estimate_steps must be >= 1, got {steps} and {bad or counts}")
+    if bad:
+        raise ValueError(f"{what} must be >= 1, got {bad}")
     return counts
 
 
-def describe_step_counts(counts: Mapping[str, int] | int) -> str:
+def describe_counts(counts: Mapping[str, int] | int) -> str:
     """'16' when every modality shares a count, else 'depth 16, flow 2, ...'."""
     if isinstance(counts, int):
         return str(counts)
@@ -590,7 +591,7 @@ def describe_step_counts(counts: Mapping[str, int] | int) -> str:
 def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | Path,
              tasks: Sequence[str] = EVAL_TASKS, modalities: Sequence[str] | None = None,
              clips: int | None = None, steps: int = 30, guidance: float | None = None, seed: int = 0,
-             estimate_steps: int | Mapping[str, int] | None = None, ensemble: int = 1,
+             estimate_steps: int | Mapping[str, int] | None = None, ensemble: int | Mapping[str, int] = 1,
              split: str | None = None, batch_size: int = 4, keep_videos: int = 2, device: str | None = None,
              dtype: str = "float32", name: str = "results") -> list[dict]:
     """Run the benchmark and write its files (see the module doc); returns the metric rows.
@@ -600,22 +601,23 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     modalities: default those the checkpoint learned. clips: the first N usable clips (None: all).
     steps / guidance: sampling steps and text guidance of the generative tasks (None: the pipeline's
     defaults; estimation runs without guidance). estimate_steps: steps of estimation (and of the
-    re-estimation that scores control and joint), one count or per modality (`estimate_step_counts`);
+    re-estimation that scores control and joint), one count or per modality (`modality_counts`);
     None: `steps`. One step is the model's x0 prediction from pure noise, the posterior mean given the
     RGB, which a metric against one ground truth favours.
     ensemble: estimates per clip combined by `Modality.combine`, for estimation and the
-    re-estimates that score control and joint. Clips
+    re-estimates that score control and joint; one size or per modality (unnamed: 1). Clips
     are cut to the checkpoint's frames and size (centre crop, no resize). device: None = cuda when
     available.
     """
     start = time.perf_counter()
-    if ensemble < 1:
-        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     if clips is not None and clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     spec, folder = _load_spec(checkpoint_or_pipeline)
     tasks, modalities = _check_request(tasks, modalities, spec)
-    estimate_steps = estimate_step_counts(estimate_steps, steps, modalities)
+    estimate_steps = modality_counts(estimate_steps, steps, modalities)
+    ensemble = modality_counts(ensemble, 1, modalities, "ensemble")
     manifest = resolve_manifest(data_manifest)
     records = select_records(manifest, split)
     frames = spec.frames if spec else None
