@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perf_common import run_benchmark
-from unityvideo.assets import DEFAULT_CHECKPOINT, checkpoint_label
+from perf_common import estimate_parser, run_benchmark
+from unityvideo.assets import checkpoint_label
 from unityvideo.eval.metrics import densepose_metrics
 from unityvideo.eval.runner import load_eval_clips, resolve_manifest, select_records
 from unityvideo.modalities import get_modality
@@ -36,11 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "densepose_errors.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: the shipped one")
-    parser.add_argument("--data", type=Path, required=True, help="a world folder with a test split")
-    parser.add_argument("--clips", type=int, default=8)
+    parser = estimate_parser(__doc__, clips=8)
     parser.add_argument("--steps", type=int, default=16, help="denoising steps per estimate")
     parser.add_argument("--ensembles", type=int, nargs="*", default=[], metavar="K",
                         help="also compare the two votes over K samples per clip")

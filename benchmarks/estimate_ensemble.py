@@ -18,19 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from perf_common import run_benchmark
-from unityvideo.assets import DEFAULT_CHECKPOINT, checkpoint_label
+from perf_common import estimate_parser, run_benchmark
+from unityvideo.assets import checkpoint_label
 from unityvideo.eval.runner import evaluate, is_better
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: the shipped one")
-    parser.add_argument("--data", type=Path, required=True, help="a world folder with a test split")
-    parser.add_argument("--clips", type=int, default=16)
+    parser = estimate_parser(__doc__, clips=16)
     parser.add_argument("--steps", type=int, nargs="+", default=[16], metavar="S", help="denoising steps per estimate")
     parser.add_argument("--ensembles", type=int, nargs="+", default=[1, 4], metavar="K")
     parser.add_argument("--out", type=Path, default=RESULTS / "estimate_ensemble.json")

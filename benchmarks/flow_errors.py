@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perf_common import run_benchmark
-from unityvideo.assets import DEFAULT_CHECKPOINT, checkpoint_label
+from perf_common import estimate_parser, run_benchmark
+from unityvideo.assets import checkpoint_label
 from unityvideo.eval.runner import load_eval_clips, resolve_manifest, select_records
 from unityvideo.pipeline import UnityVideoPipeline
 
@@ -30,11 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "flow_errors.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: the shipped one")
-    parser.add_argument("--data", type=Path, required=True, help="a world folder with a test split")
-    parser.add_argument("--clips", type=int, default=16)
+    parser = estimate_parser(__doc__, clips=16)
     parser.add_argument("--steps", type=int, default=1, help="denoising steps per estimate")
     parser.add_argument("--ensembles", type=int, nargs="+", default=[1, 16], metavar="K")
     parser.add_argument("--still", type=float, default=0.05, help="GT flow below this many px counts as still")

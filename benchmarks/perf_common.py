@@ -341,6 +341,18 @@ def write_results(path: Path, payload: dict) -> Path:
     return path
 
 
+def estimate_parser(doc: str, clips: int) -> argparse.ArgumentParser:
+    """The arguments every estimation benchmark takes: a checkpoint, a world with a test split, a clip count."""
+    from unityvideo.assets import DEFAULT_CHECKPOINT
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0], epilog=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: the shipped one")
+    parser.add_argument("--data", type=Path, required=True, help="a world folder with a test split")
+    parser.add_argument("--clips", type=int, default=clips)
+    return parser
+
+
 def run_benchmark(args: argparse.Namespace, measure: Callable[[argparse.Namespace], dict],
                   render: Callable[[dict], str]) -> dict:
     """The main() of a measuring script: measure, write the JSON to args.out, print the rendering."""
