@@ -29,7 +29,7 @@ from perf_common import estimate_parser, run_benchmark
 from unityvideo.assets import checkpoint_label
 from unityvideo.eval.metrics import densepose_metrics
 from unityvideo.eval.runner import load_eval_clips, resolve_manifest, select_records
-from unityvideo.modalities import get_modality
+from unityvideo.modalities import _mode, get_modality
 from unityvideo.pipeline import UnityVideoPipeline
 
 RESULTS = Path(__file__).resolve().parent / "results" / "densepose_errors.json"
@@ -55,9 +55,9 @@ def clip_errors(part: np.ndarray, gt_part: np.ndarray) -> dict:
 
 
 def one_level_vote(parts: np.ndarray) -> np.ndarray:
-    """(K, ...) part samples -> the per-pixel most frequent of the 25 labels (ties: the lowest)."""
-    counts = np.stack([(parts == label).sum(0) for label in range(25)])
-    return counts.argmax(0)
+    """(K, ...) part samples -> the per-pixel most frequent of the 25 labels (ties: the lowest), the
+    vote `Modality.combine` used before its two-level one."""
+    return _mode(np.asarray(parts).astype(np.int64), 25)
 
 
 def vote_scores(part: np.ndarray, gt_part: np.ndarray) -> dict:

@@ -326,6 +326,12 @@ def test_densepose_ensemble_keeps_a_body_its_samples_split_between_parts():
         samples.append(m.encode(iuv))
     combined = m.decode(m.combine(samples))[..., 0]
     assert combined.tolist() == [[[3, 3]]]  # body by majority; the part tie goes to the lower part
+    split = []
+    for part in (3, 4, 5, 0, 0):  # body in 3 of 5, but background outnumbers every single part
+        iuv = np.zeros((1, 1, 1, 3), np.float32)
+        iuv[..., 0] = part
+        split.append(m.encode(iuv))
+    assert m.decode(m.combine(split))[..., 0].item() == 3
     lone = np.zeros((1, 1, 2, 3), np.float32)
     lone[0, 0, 0, 0] = 5
     background = m.encode(np.zeros_like(lone))

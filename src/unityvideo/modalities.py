@@ -74,14 +74,17 @@ def _grid_index(colour: tuple[int, int, int]) -> int:
     return r * 16 + g * 4 + b
 
 
-def _mode(labels: np.ndarray, classes: int) -> np.ndarray:
+def _mode(labels: np.ndarray, classes: int, skip: int | None = None) -> np.ndarray:
     """Per-position most frequent label over axis 0 (K samples); ties go to the lowest label,
-    which is the background (0) in every categorical encoding here."""
+    which is the background (0) in every categorical encoding here. `skip`: a label that never
+    wins (where every vote is for it, the result is label 0)."""
     flat = labels.reshape(len(labels), -1)
     counts = np.zeros((flat.shape[1], classes), np.int32)
     rows = np.arange(flat.shape[1])
     for sample in flat:
         counts[rows, sample] += 1
+    if skip is not None:
+        counts[:, skip] = -1
     return counts.argmax(axis=1).reshape(labels.shape[1:])
 
 
@@ -542,8 +545,7 @@ def _combine_densepose(samples: np.ndarray) -> Frames:
     iuv = _decode_densepose(samples.reshape(-1, *samples.shape[2:])).reshape(*samples.shape[:-1], 3)
     parts = iuv[..., 0].astype(np.int64)
     body = 2 * (parts > 0).sum(0) > len(parts)
-    # Background votes become the impossible label 25 so the mode over 1..24 ignores them.
-    part = np.where(body, _mode(np.where(parts > 0, parts, 25), 26), 0)
+    part = np.where(body, _mode(parts, 25, skip=0), 0)
     agree = (parts == part[None]).astype(np.float32)
     uv = (iuv[..., 1:] * agree[..., None]).sum(0) / np.maximum(agree.sum(0), 1)[..., None]
     return _encode_densepose(np.concatenate([part[..., None].astype(np.float32), uv], axis=-1))

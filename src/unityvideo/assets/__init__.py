@@ -6,7 +6,6 @@ DEFAULT_CHECKPOINT: a tiny UnityVideo model trained on the procedural world with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "tiny-world"
@@ -17,5 +16,6 @@ def checkpoint_label(folder: str | Path) -> str:
     path differs from machine to machine), any other by the path it was given."""
     if Path(folder).resolve() != DEFAULT_CHECKPOINT:
         return str(folder)
-    step = json.loads((DEFAULT_CHECKPOINT / "unityvideo.json").read_text()).get("step")
-    return f"shipped {DEFAULT_CHECKPOINT.name} (step {step})"
+    from unityvideo.models.checkpoint import load_checkpoint_spec  # lazy: keep this package light
+
+    return f"shipped {DEFAULT_CHECKPOINT.name} (step {load_checkpoint_spec(DEFAULT_CHECKPOINT).step})"

@@ -66,11 +66,10 @@ def parse_counts(values: list[str] | None, flag: str = "--estimate-steps") -> in
 def _ensemble_note(settings: dict) -> str:
     from unityvideo.eval.runner import describe_counts
 
-    sizes = settings.get("ensemble", 1)
-    if isinstance(sizes, int) or len(set(sizes.values())) == 1:
-        k = sizes if isinstance(sizes, int) else next(iter(sizes.values()))
-        return f", an ensemble of {k} per estimate" if k > 1 else ""
-    return f", ensembles of {describe_counts(sizes)}"
+    sizes = describe_counts(settings.get("ensemble", 1))
+    if not sizes.isdigit():
+        return f", ensembles of {sizes}"
+    return f", an ensemble of {sizes} per estimate" if sizes != "1" else ""
 
 
 def _estimate_steps_note(settings: dict) -> str:
