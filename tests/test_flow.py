@@ -242,3 +242,77 @@ def test_mixed_batch_groups_by_modality_and_matches_single_samples():
                 assert torch.equal(s.latent[k], a.latent[0]) and torch.equal(s.context[k], a.context[0])
             for w, a in zip(group.weights, alone.weights):
                 assert w[k] == a[0]
+
+
+# ----- one-step deterministic estimation (beyond the paper) ---------------------------------------
+
+
+def test_one_step_mode_overrides_only_the_estimate_timestep_and_keeps_every_draw():
+    tasks = {"control": 1, "estimate": 1, "joint": 1, "t2v": 1}
+    generative, one_step = RoutingConfig(tasks=tasks), RoutingConfig(tasks=tasks, estimate_mode="one_step")
+    seen = Counter()
+    for j in range(200):
+        ga, gb = sample_generator(3, j), sample_generator(3, j)
+        a, b = draw_route(generative, ga), draw_route(one_step, gb)
+        assert torch.equal(torch.rand(4, generator=ga), torch.rand(4, generator=gb))  # same number of draws
+        seen[a.task] += 1
+        if a.task == "estimate":
+            assert b.deterministic and b.t_modality == 1.0 and a.t_modality != 1.0 and not a.deterministic
+            assert (b.task, b.modality, b.t_rgb, b.drop_caption, b.drop_prompt) == \
+                (a.task, a.modality, a.t_rgb, a.drop_caption, a.drop_prompt)
+        else:
+            assert a == b
+    assert min(seen.values()) > 20
+
+
+def test_one_step_estimate_starts_from_zero_at_t1_and_regresses_x0():
+    routes = [route("estimate", t_mod=1.0), route("joint"), route("control")]
+    routes[0].deterministic = True
+    rgb, mods, noises = batch(3)
+    config = RoutingConfig(estimate_mode="one_step")
+    (group,) = route_batch(config, routes, rgb, mods, noises, ["a", "b", "c"], fake_text)
+    (plain,) = route_batch(RoutingConfig(), routes[1:], rgb[1:], mods[1:], noises[1:], ["b", "c"], fake_text)
+    mod = group.streams[1]
+    assert torch.count_nonzero(mod.latent[0]) == 0 and float(mod.timestep[0]) == 1.0
+    assert torch.equal(group.targets[1][0], -mods[0])  # v = 0 - m0: x0_hat = -v_hat
+    assert group.weights[1].tolist() == [1.0, 1.0, 0.0] and group.weights[0].tolist() == [0.0, 1.0, 1.0]
+    for s, p in zip(group.streams, plain.streams):  # the other samples are routed as in generative mode
+        assert torch.equal(s.latent[1:], p.latent)
+    for t, p in zip(group.targets, plain.targets):
+        assert torch.equal(t[1:], p)
+
+
+def test_one_step_l2_and_l1_losses_by_hand():
+    """m0 = [1, -2, 0.5, 3], v_hat = [-1.5, 2, 0, -1]: x0_hat = -v_hat = [1.5, -2, 0, 1], error
+    x0_hat - m0 = [0.5, 0, -0.5, -2]: L2 = (0.25 + 0 + 0.25 + 4) / 4 = 1.125, L1 = (0.5 + 0 + 0.5 + 2) / 4 = 0.75."""
+    m0 = torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 1, 2, 2)
+    v_hat = torch.tensor([-1.5, 2.0, 0.0, -1.0]).view(1, 1, 2, 2)
+    rgb = torch.zeros(3, 1, 1, 2, 2)
+    noise = torch.ones(1, 1, 2, 2)
+    routes = [Route("estimate", "depth", 0.0, 1.0, False, False, deterministic=True),
+              Route("joint", "depth", 0.5, 0.5, False, False),
+              Route("estimate", "depth", 0.0, 1.0, False, False, deterministic=True)]
+    for loss, expected in (("l2", 1.125), ("l1", 0.75)):
+        config = RoutingConfig(estimate_mode="one_step", estimate_loss={"depth": loss})
+        (group,) = route_batch(config, routes, rgb, [m0] * 3, [(noise, noise)] * 3, ["", "", ""], fake_text)
+        preds = [torch.zeros(3, 1, 1, 2, 2), v_hat.expand(3, -1, -1, -1, -1).clone()]
+        losses = flow_loss(preds, group)
+        assert losses[0] == pytest.approx(expected) and losses[2] == pytest.approx(expected)
+        # the joint sample keeps the MSE on both streams: rgb target eps - 0 = 1, modality eps - m0
+        joint = ((preds[0][1] - 1).pow(2).mean() + (v_hat - (noise - m0)).pow(2).mean()) / 2
+        assert losses[1] == pytest.approx(float(joint))
+    # another modality's estimates keep the default (l2)
+    config = RoutingConfig(estimate_mode="one_step", estimate_loss={"flow": "l1"})
+    (group,) = route_batch(config, routes[:1], rgb[:1], [m0], [(noise, noise)], [""], fake_text)
+    assert flow_loss([torch.zeros(1, 1, 1, 2, 2), v_hat], group)[0] == pytest.approx(1.125)
+
+
+def test_bad_estimate_options_are_clear_errors():
+    with pytest.raises(ValueError, match="estimate_mode='single'.*generative.*one_step"):
+        RoutingConfig(estimate_mode="single")
+    with pytest.raises(ValueError, match="estimate_loss: unknown modalities \\['normals'\\]"):
+        RoutingConfig(estimate_mode="one_step", estimate_loss={"normals": "l1"})
+    with pytest.raises(ValueError, match="estimate_loss: \\{'depth': 'huber'\\}.*'l2', 'l1'"):
+        RoutingConfig(estimate_mode="one_step", estimate_loss={"depth": "huber"})
+    with pytest.raises(ValueError, match="applies to estimate_mode=one_step only"):
+        RoutingConfig(estimate_loss={"depth": "l1"})

@@ -1,6 +1,8 @@
 """UnityVideoPipeline and `unityvideo generate`: every task from a checkpoint folder, seeds, batched CFG,
 flow-matching sanity with an oracle velocity, condition streams, and the CLI's errors and files."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from unityvideo import cli, pipeline_cli
 from unityvideo.data import load_raw, probe_video, read_video, write_video
 from unityvideo.modalities import get_modality
 from unityvideo.models import LatentNorm, Stream, UnityVideoTransformer
-from unityvideo.models.checkpoint import CheckpointSpec
+from unityvideo.models.checkpoint import CheckpointSpec, load_checkpoint_spec
 from unityvideo.pipeline import UnityVideoPipeline, make_scheduler
 
 F, H, W = 4, 32, 32  # latent (48, 4, 8, 8) with the pixel4 codec: 64 tokens per stream
@@ -18,13 +20,14 @@ LEARNED = ["depth", "flow", "segmentation"]
 ALL_TASKS = ["t2v", "joint", "control", "estimate"]
 
 
-def save_checkpoint(folder, tasks=ALL_TASKS):
+def save_checkpoint(folder, tasks=ALL_TASKS, estimate_mode="generative"):
     torch.manual_seed(0)
     model = UnityVideoTransformer.from_preset("tiny", num_layers=1)
     with torch.no_grad():  # non-zero AdaLN table so streams differ even before training
         model.modality_table.normal_(0, 0.5)
     model.save_pretrained(folder / "transformer")
-    CheckpointSpec(modalities=LEARNED, tasks=list(tasks), frames=F, size=(H, W), fps=8, shift=3.0).save(folder)
+    CheckpointSpec(modalities=LEARNED, tasks=list(tasks), frames=F, size=(H, W), fps=8, shift=3.0,
+                   estimate_mode=estimate_mode).save(folder)
     return folder
 
 
@@ -43,6 +46,10 @@ def pipe(checkpoint):
 @pytest.fixture()
 def calls(pipe, monkeypatch):
     """Record every transformer forward: the streams it got."""
+    return record_forwards(pipe, monkeypatch)
+
+
+def record_forwards(pipe, monkeypatch) -> list:
     seen = []
     forward = pipe.transformer.forward
 
@@ -409,3 +416,75 @@ def test_ensemble_is_only_for_estimation(pipe, task):
         pipe(**REQUESTS[task], task=task, num_inference_steps=1, ensemble_size=2)
     with pytest.raises(ValueError, match="integer >= 1"):
         pipe(**REQUESTS["estimate"], task="estimate", num_inference_steps=1, ensemble_size=0)
+
+
+# ----- one-step deterministic estimation ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_step_pipe(tmp_path_factory):
+    """The `pipe` checkpoint's weights with estimate_mode one_step in its spec."""
+    pipe = UnityVideoPipeline.from_pretrained(save_checkpoint(tmp_path_factory.mktemp("one_step"),
+                                                              estimate_mode="one_step"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_one_step_estimate_is_one_forward_from_zeros_and_deterministic(one_step_pipe, monkeypatch, caplog):
+    assert one_step_pipe.estimate_mode == "one_step"
+    seen = record_forwards(one_step_pipe, monkeypatch)
+    request = dict(video=video(3), task="estimate", modalities=["depth", "segmentation"], num_inference_steps=8)
+    with caplog.at_level("INFO", logger="unityvideo.pipeline"):
+        first = one_step_pipe(**request, ensemble_size=4, generator=gen(0))
+        assert len(seen) == 1  # one forward, whatever the steps and the ensemble size
+        other = one_step_pipe(**request, ensemble_size=4, generator=gen(1))
+    notes = [r.message for r in caplog.records if r.name == "unityvideo.pipeline"]
+    assert len(notes) == 1 and "num_inference_steps=8 and ensemble_size=4 ignored" in notes[0]  # once, no error
+    rgb, depth, seg = seen[0]
+    assert rgb.latent.shape[0] == 1 and torch.all(rgb.timestep == 0)  # no guidance pass by default
+    for stream in (depth, seg):
+        assert torch.count_nonzero(stream.latent) == 0 and stream.timestep.tolist() == [1.0]
+    v = pipe_velocity(one_step_pipe, seen[0])
+    assert torch.allclose(first.latents["depth"], -v[1], atol=1e-6)  # x0 = x1 - v = -v
+    assert torch.allclose(first.latents["segmentation"], -v[2], atol=1e-6)
+    for name in ("depth", "segmentation"):  # deterministic: the generator does not matter
+        assert torch.equal(first.latents[name], other.latents[name])
+        assert np.array_equal(first.frames[name], other.frames[name])
+    # UniPC's first sigma for one step is not exactly 1: the one-step path does not use the scheduler
+    monkeypatch.setattr(one_step_pipe, "scheduler", make_scheduler("unipc", 3.0))
+    again = one_step_pipe(**request, ensemble_size=2, generator=gen(2), output_type="latent")
+    assert seen[-1][1].timestep.tolist() == [1.0] and torch.equal(again.latents["depth"], first.latents["depth"])
+
+
+def pipe_velocity(pipe, streams):
+    with torch.no_grad():
+        return UnityVideoTransformer.forward(pipe.transformer, streams)
+
+
+def test_one_step_mode_leaves_other_tasks_and_generative_checkpoints_alone(pipe, one_step_pipe, monkeypatch):
+    for task in ("t2v", "control"):  # same weights: the same samples in both modes (to kernel rounding)
+        request = dict(REQUESTS[task], task=task, num_inference_steps=2, output_type="latent", generator=gen(0))
+        a, b = pipe(**request), one_step_pipe(**dict(request, generator=gen(0)))
+        assert all(torch.allclose(a.latents[n], b.latents[n], atol=1e-5) for n in a.latents)
+    assert pipe.estimate_mode == "generative"
+    seen = record_forwards(pipe, monkeypatch)
+    request = dict(video=video(3), task="estimate", modalities=["depth"], num_inference_steps=3, output_type="latent")
+    a, b = pipe(**request, generator=gen(0)), pipe(**request, generator=gen(1))
+    assert len(seen) == 6 and torch.count_nonzero(seen[0][1].latent) > 0  # from noise, 3 steps each
+    assert not torch.equal(a.latents["depth"], b.latents["depth"])
+
+
+def test_estimate_mode_is_read_from_the_spec_and_can_be_overridden(checkpoint, tmp_path):
+    assert UnityVideoPipeline.from_pretrained(checkpoint, estimate_mode="one_step").estimate_mode == "one_step"
+    with pytest.raises(ValueError, match="estimate_mode='fast'.*generative.*one_step"):
+        UnityVideoPipeline.from_pretrained(checkpoint, estimate_mode="fast")
+    # an older unityvideo.json without the field loads as generative; a bad value is a clear error
+    old = save_checkpoint(tmp_path / "old")
+    raw = json.loads((old / "unityvideo.json").read_text())
+    del raw["estimate_mode"]
+    (old / "unityvideo.json").write_text(json.dumps(raw))
+    assert load_checkpoint_spec(old).estimate_mode == "generative"
+    assert UnityVideoPipeline.from_pretrained(old).estimate_mode == "generative"
+    (old / "unityvideo.json").write_text(json.dumps({**raw, "estimate_mode": "once"}))
+    with pytest.raises(ValueError, match="unityvideo.json: estimate_mode='once'"):
+        load_checkpoint_spec(old)

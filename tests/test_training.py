@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,12 @@ from safetensors.torch import load_file
 from unityvideo.models import UnityVideoTransformer
 from unityvideo.models.checkpoint import load_checkpoint_spec
 from unityvideo.training import NonFiniteLossError, load_config, train
+from unityvideo.training import trainer as trainer_module
 from unityvideo.training.checkpoint import find_checkpoint
 from unityvideo.training.config import dump_config
 from unityvideo.training.data import StepBatches
 from unityvideo.training.logger import read_metrics
+from unityvideo.training.parallel import init_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -175,6 +178,7 @@ def test_run_folder_logs_config_checkpoints_and_export(reference_run, small_conf
     assert spec.step == STEPS and spec.frames == 4 and tuple(spec.size) == (16, 16)
     assert spec.modalities == ["depth", "flow", "segmentation", "skeleton", "densepose"]
     assert spec.tasks == ["control", "estimate", "joint", "t2v"]
+    assert spec.estimate_mode == "generative"
     model = UnityVideoTransformer.from_pretrained(reference_run / "export" / "transformer")
     ema = {k[len("/ema/"):]: v for k, v in checkpoint_tensors(reference_run, STEPS).items() if k.startswith("/ema/")}
     assert max_difference({k: v for k, v in model.state_dict().items() if k in ema}, ema) == 0.0
@@ -235,6 +239,43 @@ def test_latent_norm_is_measured_kept_and_exported(small_config, tmp_path):
     assert load_checkpoint_spec(bare / "export").latent_norm == {}  # a bare transformer folder has no spec
     with pytest.raises(ValueError, match="model.latent_norm='unit'.*per_stream"):
         config_for(small_config, tmp_path / "bad", "model.latent_norm=unit")
+
+
+def test_one_step_estimation_exports_its_mode_and_validates_as_trained(small_config, tmp_path, monkeypatch):
+    overrides = ["routing.estimate_mode=one_step", "routing.estimate_loss={depth: l1}", "train.eval_every=0",
+                 "stages.0.steps=1", "stages.1.steps=1", "train.checkpoint_every=100"]
+    run = train(config_for(small_config, tmp_path / "run", *overrides))
+    assert load_checkpoint_spec(run / "export").estimate_mode == "one_step"
+    routing = yaml.safe_load((run / "export" / "config.yaml").read_text())["routing"]
+    assert (routing["estimate_mode"], routing["estimate_loss"]) == ("one_step", {"depth": "l1"})
+    # validation: one-step estimates once per clip, at t = 1 from a zero input, whatever eval_timesteps
+    groups, real = [], trainer_module.route_batch
+
+    def recording(*args):
+        found = real(*args)
+        groups.extend(found)
+        return found
+
+    monkeypatch.setattr(trainer_module, "route_batch", recording)
+    results = []
+    for times in ([0.3], [0.3, 0.7]):
+        trainer = trainer_module.Trainer(config_for(small_config, tmp_path / f"val{len(times)}", *overrides,
+                                                    f"train.eval_timesteps={times}"), init_runtime())
+        trainer.setup(None)
+        try:
+            groups.clear()
+            metrics = trainer.evaluate()
+        finally:
+            trainer.restore_signal_handlers()
+            trainer.logger.close()
+        samples = [(task, g.streams[1].latent[k], float(g.streams[1].timestep[k]))
+                   for g in groups if g.modality for k, task in enumerate(g.tasks)]
+        assert all(torch.count_nonzero(x) == 0 and t == 1.0 for task, x, t in samples if task == "estimate")
+        results.append((metrics, Counter(task for task, _, _ in samples)))
+    (short, count_short), (long, count_long) = results
+    assert count_long["estimate"] == count_short["estimate"] > 0 and count_long["control"] == 2 * count_short["control"]
+    assert all(short[k] == long[k] for k in short if k.startswith("val/estimate/"))
+    assert short["val/control/depth"] != long["val/control/depth"]
 
 
 # ----- processes ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 - `route_batch`: noisy inputs, per-stream targets and loss weights as model `Stream`s, grouped by
   modality (one model call per group; tasks mix freely inside a group since every stream has a
   per-sample timestep).
-- `flow_loss`: per-sample MSE over the noisy streams only.
+- `flow_loss`: per-sample MSE over the noisy streams only (L1 where a one-step estimate asks for it).
 
 The paper's three losses, in this notation (r = RGB latent, m = modality latent, c = caption):
 
@@ -15,6 +15,13 @@ The paper's three losses, in this notation (r = RGB latent, m = modality latent,
     estimate  L_est   = || u(m_t, r_0, t)       - v_m ||^2      modality noisy, rgb clean
     joint     L_joint = || u([r_t, m_t], c, t)  - [v_r, v_m] ||^2  both noisy, each its own t
     t2v       plain flow matching on r alone (no modality stream)
+
+Beyond the paper, `estimate_mode: one_step` trains estimation as one deterministic step (Lotus; Garcia
+et al. 2024): the modality stream of an `estimate` sample gets t = 1 and a zero "noise", so its input is
+all zeros, the model's x_0 prediction is x_t - t v = -v and the velocity target is -m_0. The velocity
+error then equals the x_0 error, so the same head and the same flow loss train x_0 directly (L2, or L1
+per modality with `estimate_loss`). The draws of a sample do not change with the mode; only the
+estimate's t and noise are overridden.
 
 Every random draw of a sample comes from a generator seeded by (seed, global sample number), so a
 sample gets the same task, timesteps, dropout and noise whatever the number of processes, micro-batch
@@ -29,10 +36,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from .models.checkpoint import ESTIMATE_MODES
 from .models.transformer import RGB, Stream
 
 TASKS = ("control", "estimate", "joint", "t2v")
 TIMESTEP_SAMPLERS = ("uniform", "logit_normal")
+ESTIMATE_LOSSES = ("l2", "l1")
 
 # Text encoder: list of strings -> (features (B, L, D), mask (B, L)).
 EncodeText = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -108,6 +117,10 @@ class RoutingConfig:
     prompt_dropout: probability of an empty modality prompt (guidance on the in-context prompt).
     estimate_caption: give the RGB condition of `estimate` its caption (the paper's L_est has none).
     modality_prompt_template: how a modality prompt is written, e.g. "a video of {prompt}".
+    estimate_mode: "generative" (the paper's L_est: the modality denoised from a sampled t) or
+        "one_step" (x_0 predicted in one deterministic step from t = 1 and a zero input; module doc).
+    estimate_loss: one_step only: modality -> "l2" (default for every modality) or "l1", the loss of
+        its one-step estimate.
     """
 
     tasks: dict[str, float] = field(default_factory=lambda: {"control": 0.2, "estimate": 0.3, "joint": 0.5,
@@ -119,6 +132,8 @@ class RoutingConfig:
     prompt_dropout: float = 0.1
     estimate_caption: bool = False
     modality_prompt_template: str = "{prompt}"
+    estimate_mode: str = "generative"
+    estimate_loss: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.timesteps, dict):
@@ -129,6 +144,28 @@ class RoutingConfig:
         for name in ("caption_dropout", "prompt_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        self._check_estimate_options()
+
+    def _check_estimate_options(self) -> None:
+        from .modalities import MODALITY_NAMES
+        if self.estimate_mode not in ESTIMATE_MODES:
+            raise ValueError(f"estimate_mode={self.estimate_mode!r}; choose one of {ESTIMATE_MODES}")
+        unknown = sorted(set(self.estimate_loss) - set(MODALITY_NAMES))
+        if unknown:
+            raise ValueError(f"estimate_loss: unknown modalities {unknown}; valid names are {list(MODALITY_NAMES)}")
+        bad = {m: v for m, v in self.estimate_loss.items() if v not in ESTIMATE_LOSSES}
+        if bad:
+            raise ValueError(f"estimate_loss: {bad}; each modality's loss is one of {ESTIMATE_LOSSES}")
+        if self.estimate_mode != "one_step" and "l1" in self.estimate_loss.values():
+            raise ValueError(f"estimate_loss={self.estimate_loss} applies to estimate_mode=one_step only (the "
+                             "generative L_est is the MSE to the velocity); set estimate_mode=one_step or drop it")
+
+    def one_step(self, task: str) -> bool:
+        """Whether samples of `task` are one-step deterministic estimates."""
+        return task == "estimate" and self.estimate_mode == "one_step"
+
+    def estimate_l1(self, modality: str | None) -> bool:
+        return self.estimate_loss.get(modality, "l2") == "l1"
 
     @property
     def only_t2v(self) -> bool:
@@ -151,7 +188,8 @@ def _check_weights(name: str, weights: dict[str, float], valid: Sequence[str], a
 
 @dataclass
 class Route:
-    """One sample's draw: its task, modality (None for t2v), per-stream t and dropout decisions."""
+    """One sample's draw: its task, modality (None for t2v), per-stream t and dropout decisions.
+    deterministic: a one-step estimate (t_modality = 1, zero modality noise)."""
 
     task: str
     modality: str | None
@@ -159,6 +197,7 @@ class Route:
     t_modality: float
     drop_caption: bool
     drop_prompt: bool
+    deterministic: bool = False
 
     @property
     def noisy_rgb(self) -> bool:
@@ -195,10 +234,22 @@ def draw_route(config: RoutingConfig, generator: torch.Generator) -> Route:
         raise ValueError(f"task {task!r} needs a modality but the modality weights are all zero")
     if task == "joint" and config.tie_joint_timesteps:
         t_mod = t_rgb
+    return _route(config, task, modality, t_rgb, t_mod, bool(drop_caption), bool(drop_prompt))
+
+
+def validation_route(config: RoutingConfig, task: str, modality: str | None, t: float) -> Route:
+    """A validation sample's route: every target stream at `t`, no dropout; scored as it is trained
+    (a one-step estimate at t = 1 with zero noise, whatever `t`)."""
+    return _route(config, task, modality, t, t, False, False)
+
+
+def _route(config, task, modality, t_rgb, t_mod, drop_caption, drop_prompt) -> Route:
+    """Condition streams clean (t = 0), targets at their t; a one-step estimate's modality at t = 1."""
+    one_step = config.one_step(task)
     return Route(task=task, modality=modality,
                  t_rgb=t_rgb if task != "estimate" else 0.0,
-                 t_modality=t_mod if task in ("estimate", "joint") else 0.0,
-                 drop_caption=bool(drop_caption), drop_prompt=bool(drop_prompt))
+                 t_modality=1.0 if one_step else t_mod if task in ("estimate", "joint") else 0.0,
+                 drop_caption=drop_caption, drop_prompt=drop_prompt, deterministic=one_step)
 
 
 @dataclass
@@ -210,6 +261,8 @@ class RoutedGroup:
     targets: per-stream velocity targets.
     weights: per-stream (B_group,) loss weights: 1 where the stream is noisy (a target), 0 where it
         is a clean condition (its output is not a prediction and does not count).
+    l1: per-stream (B_group,) bools: score with the mean absolute error instead of the MSE (the
+        modality stream of one-step estimates whose `estimate_loss` is l1); empty = MSE everywhere.
     """
 
     modality: str | None
@@ -218,6 +271,7 @@ class RoutedGroup:
     streams: list[Stream]
     targets: list[torch.Tensor]
     weights: list[torch.Tensor]
+    l1: list[torch.Tensor] = field(default_factory=list)
 
 
 def group_key(route: Route) -> str:
@@ -256,17 +310,21 @@ def _build_group(config, routes, indices, rgb, mod_latents, noises, captions, en
     streams = [Stream(RGB, FlowPath.interpolate(rgb, rgb_noise, t_rgb), t_rgb, context, mask)]
     targets = [FlowPath.velocity(rgb, rgb_noise)]
     weights = [torch.tensor([float(r.noisy_rgb) for r in routes])]
+    l1 = [torch.zeros(len(routes), dtype=torch.bool)]
     if modality is not None:
         m0 = torch.stack(list(mod_latents)).to(rgb)
-        m_noise = torch.stack([n[1] for n in noises]).to(rgb)
+        # one-step estimates: zero noise at t = 1, so the input is 0 and the target -m0 (module doc)
+        m_noise = torch.stack([torch.zeros_like(n[1]) if r.deterministic else n[1]
+                               for r, n in zip(routes, noises)]).to(rgb)
         t_mod = torch.tensor([r.t_modality for r in routes])
         prompts = ["" if r.drop_prompt else config.modality_prompt(modality) for r in routes]
         context, mask = encode_text(prompts)
         streams.append(Stream(modality, FlowPath.interpolate(m0, m_noise, t_mod), t_mod, context, mask))
         targets.append(FlowPath.velocity(m0, m_noise))
         weights.append(torch.tensor([float(r.noisy_modality) for r in routes]))
+        l1.append(torch.tensor([r.deterministic and config.estimate_l1(modality) for r in routes]))
     return RoutedGroup(modality=modality, indices=list(indices), tasks=[r.task for r in routes],
-                       streams=streams, targets=targets, weights=weights)
+                       streams=streams, targets=targets, weights=weights, l1=l1)
 
 
 def _caption_text(config: RoutingConfig, route: Route, caption: str) -> str:
@@ -277,13 +335,25 @@ def _caption_text(config: RoutingConfig, route: Route, caption: str) -> str:
 
 def flow_loss(predictions: Sequence[torch.Tensor], group: RoutedGroup) -> torch.Tensor:
     """Per-sample loss (B_group,): the MSE over the sample's noisy streams only (joint: the mean
-    over both streams, i.e. || [u_r, u_m] - [v_r, v_m] ||^2 per element)."""
+    over both streams, i.e. || [u_r, u_m] - [v_r, v_m] ||^2 per element). A one-step estimate is
+    scored the same way: with a zero input at t = 1, x0_hat = -v_hat and v = -m0, so the velocity
+    error is the x_0 error, and its MSE (or, where `group.l1` says so, mean absolute error) is the
+    x_0 loss itself, with no separate head."""
     total = torch.zeros(len(group.indices), dtype=torch.float32, device=predictions[0].device)
     count = torch.zeros_like(total)
-    for pred, target, weight in zip(predictions, group.targets, group.weights):
+    l1 = group.l1 or [torch.zeros(len(group.indices), dtype=torch.bool)] * len(predictions)
+    for pred, target, weight, use_l1 in zip(predictions, group.targets, group.weights, l1):
         weight = weight.to(total.device)
-        mse = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        error = _stream_error(pred.float() - target.float(), use_l1.to(total.device))
         # where() rather than a product, so a clean stream's output never enters the loss, not even 0 * nan
-        total = total + torch.where(weight > 0, mse * weight, torch.zeros_like(mse))
+        total = total + torch.where(weight > 0, error * weight, torch.zeros_like(error))
         count = count + weight
     return total / count.clamp_min(1.0)
+
+
+def _stream_error(diff: torch.Tensor, use_l1: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error, or mean absolute error where `use_l1` (B,)."""
+    mse = diff.pow(2).flatten(1).mean(dim=1)
+    if not use_l1.any():
+        return mse
+    return torch.where(use_l1, diff.abs().flatten(1).mean(dim=1), mse)

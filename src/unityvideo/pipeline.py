@@ -30,11 +30,19 @@ every step runs only the target streams over them. Same result as without the ca
 
 The model is called with t = the scheduler's sigma (flow matching: x_t = (1 - t) x_0 + t eps), not
 its rounded integer timestep, so Euler and UniPC see the exact t of the sample they step.
+
+One-step estimation (`pipe.estimate_mode == "one_step"`, from the checkpoint's `estimate_mode`, i.e. a
+model trained with `routing.estimate_mode: one_step`): `estimate` starts its targets from zeros at
+t = 1 exactly and takes one Euler step to t = 0, x_0 = x_1 - v = -v, as it was trained (unityvideo.flow).
+That is one forward, deterministic (the generator does not matter, unless modality guidance asks for
+noise); num_inference_steps and ensemble_size are ignored (with one info line), and the scheduler is
+not used (UniPC's first sigma is not exactly 1). The other tasks sample as usual.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -46,7 +54,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .models.checkpoint import TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec
+from .models.checkpoint import ESTIMATE_MODES, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec
 from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, LatentNorm, load_codec
 from .models.text import TextEncoder, load_text_encoder
 from .models.transformer import RGB, ConditionCache, Stream, UnityVideoTransformer
@@ -62,6 +70,8 @@ SCHEDULERS = ("euler", "unipc")
 # Text guidance by default for the generative tasks; estimation is a measurement: no guidance.
 DEFAULT_GUIDANCE = {"t2v": 5.0, "joint": 5.0, "control": 5.0, "estimate": 1.0}
 Generator = torch.Generator | list[torch.Generator] | None
+
+log = logging.getLogger("unityvideo.pipeline")
 
 
 @dataclass
@@ -215,10 +225,13 @@ class UnityVideoPipeline:
 
     spec: the checkpoint's CheckpointSpec (learned tasks / modalities, default frames, size, shift);
     None accepts any task and the transformer's modalities and needs num_frames / height / width.
+    estimate_mode: how `estimate` runs, "generative" (sampled from noise) or "one_step" (one
+    deterministic step, see the module doc); default: the spec's (generative without a spec).
+    Readable and settable as `pipe.estimate_mode`.
     """
 
     def __init__(self, transformer: UnityVideoTransformer, text_encoder: TextEncoder, codec: LatentCodec,
-                 scheduler=None, spec: CheckpointSpec | None = None):
+                 scheduler=None, spec: CheckpointSpec | None = None, estimate_mode: str | None = None):
         if text_encoder.dim != transformer.config.text_dim:
             raise ValueError(f"text encoder {text_encoder.name} gives {text_encoder.dim}-d features but the "
                              f"transformer's text_dim is {transformer.config.text_dim}; use the checkpoint's encoder")
@@ -231,16 +244,29 @@ class UnityVideoPipeline:
         self.spec = spec
         self.latent_norm = LatentNorm.from_json(spec.latent_norm if spec else None)
         self.scheduler = scheduler or make_scheduler("euler", spec.shift if spec else 1.0)
+        self.estimate_mode = estimate_mode or (spec.estimate_mode if spec else "generative")
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._progress_config: dict[str, Any] = {}
+        self._ignored_noted: set[tuple[int, int]] = set()
+
+    @property
+    def estimate_mode(self) -> str:
+        return self._estimate_mode
+
+    @estimate_mode.setter
+    def estimate_mode(self, mode: str) -> None:
+        if mode not in ESTIMATE_MODES:
+            raise ValueError(f"estimate_mode={mode!r}; choose one of {ESTIMATE_MODES}")
+        self._estimate_mode = mode
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, scheduler: str = "euler",
                         text_encoder: TextEncoder | None = None,
-                        codec: LatentCodec | None = None) -> "UnityVideoPipeline":
+                        codec: LatentCodec | None = None, estimate_mode: str | None = None) -> "UnityVideoPipeline":
         """Load a checkpoint folder (DIR/unityvideo.json + DIR/transformer/, see models/checkpoint.py).
-        text_encoder / codec: already loaded ones to share between pipelines (else loaded from the spec)."""
+        text_encoder / codec: already loaded ones to share between pipelines (else loaded from the spec).
+        estimate_mode: override the checkpoint's (None: the spec's `estimate_mode`)."""
         folder = Path(folder)
         spec = load_checkpoint_spec(folder)
         transformer = UnityVideoTransformer.from_pretrained(folder / TRANSFORMER_DIR, torch_dtype=torch_dtype)
@@ -250,7 +276,7 @@ class UnityVideoPipeline:
                              f"config ({list(transformer.stream_names)}); re-export the checkpoint")
         text_encoder = text_encoder or load_text_encoder(_resolve(folder, spec.text_encoder))
         codec = codec or load_codec(spec.codec, _resolve(folder, spec.codec_folder))
-        pipe = cls(transformer, text_encoder, codec, make_scheduler(scheduler, spec.shift), spec)
+        pipe = cls(transformer, text_encoder, codec, make_scheduler(scheduler, spec.shift), spec, estimate_mode)
         return pipe.to(device) if device is not None else pipe
 
     def to(self, device: str | torch.device) -> "UnityVideoPipeline":
@@ -317,7 +343,7 @@ class UnityVideoPipeline:
             (`Modality.combine`: per-pixel median of continuous encodings, vote of DensePose parts,
             medoid of segmentation and skeleton pictures), the test-time ensemble of diffusion-based
             estimators. The first member is the K = 1 result of the same generator; `latents` holds
-            that member's.
+            that member's. One-step estimation (`pipe.estimate_mode`) ignores it and num_inference_steps.
         """
         conditions = dict(conditions or {})
         if video is not None:
@@ -339,7 +365,10 @@ class UnityVideoPipeline:
                              f"task {task!r} has none")
         if cache_condition:
             self._check_cache_condition(plan)
-        _check_ensemble(ensemble_size, task, output_type)
+        one_step = task == "estimate" and self.estimate_mode == "one_step"
+        _check_ensemble(ensemble_size, task, "np" if one_step else output_type)  # one step: the size is ignored
+        if one_step:
+            num_inference_steps, ensemble_size = self._one_step_counts(num_inference_steps, ensemble_size)
 
         videos = {name: _as_video(conditions[name], name) for name in plan.condition_names}
         batch = _batch_size(prompt, videos)
@@ -358,8 +387,10 @@ class UnityVideoPipeline:
 
         caches = self._condition_caches(plan, clean, contexts, passes, batch, batch_cfg) if cache_condition else {}
         guidance = (passes, g_text, g_mod, batch_cfg, caches)
-        members = [self._denoise(plan, (batch, len(plan.target_names), *latent_shape), clean, contexts, guidance,
-                                 num_inference_steps, shift, generator) for _ in range(ensemble_size)]
+        shape = (batch, len(plan.target_names), *latent_shape)
+        members = [self._estimate_once(plan, shape, clean, contexts, guidance, generator)] if one_step else \
+            [self._denoise(plan, shape, clean, contexts, guidance, num_inference_steps, shift, generator)
+             for _ in range(ensemble_size)]
         latents = [{**{name: x[:, k] for k, name in enumerate(plan.target_names)}, **clean} for x in members]
         latents = [{name: member[name] for name in plan.streams} for member in latents]
         if output_type == "latent":
@@ -371,6 +402,15 @@ class UnityVideoPipeline:
         return self._decode(plan, videos[0], latents[0], height, width, decode_hints or {})
 
     # ----- steps of __call__ ---------------------------------------------------------------------
+
+    def _one_step_counts(self, steps: int, ensemble_size: int) -> tuple[int, int]:
+        """One-step estimation runs one step and one member whatever was asked (callers such as eval pass
+        per-modality counts for generative checkpoints); says so once per distinct request."""
+        if (steps, ensemble_size) != (1, 1) and (steps, ensemble_size) not in self._ignored_noted:
+            self._ignored_noted.add((steps, ensemble_size))
+            log.info("one-step estimation: num_inference_steps=%d and ensemble_size=%d ignored (a deterministic "
+                     "estimate takes one step and needs no ensemble)", steps, ensemble_size)
+        return 1, 1
 
     def _geometry(self, videos: dict[str, torch.Tensor], frames: int | None, height: int | None,
                   width: int | None) -> tuple[int, int, int]:
@@ -505,11 +545,7 @@ class UnityVideoPipeline:
         # Noise for the targets first, then for the dropped conditions: the targets' noise depends only
         # on the seed, not on whether modality guidance is on.
         x = randn_tensor(noise_shape, generator=generator, device=self.device, dtype=torch.float32)
-        dropped = {}
-        if "modality" in passes:
-            z = randn_tensor((noise_shape[0], len(plan.condition_names), *noise_shape[2:]), generator=generator,
-                             device=self.device, dtype=torch.float32)
-            dropped = {name: z[:, i] for i, name in enumerate(plan.condition_names)}
+        dropped = self._dropped_conditions(plan, passes, noise_shape, generator)
         scheduler = _fresh_scheduler(self.scheduler, self.spec.shift if shift is None and self.spec else shift)
         scheduler.set_timesteps(steps, device=self.device)
         if hasattr(scheduler, "set_begin_index"):
@@ -520,6 +556,26 @@ class UnityVideoPipeline:
                                              batch_cfg, caches)
             x = scheduler.step(velocity, timestep, x, return_dict=False)[0].float()
         return x
+
+    def _estimate_once(self, plan: StreamPlan, shape: tuple[int, ...], clean: dict, contexts: dict,
+                       guidance: tuple, generator: Generator) -> torch.Tensor:
+        """One-step deterministic estimation (B, T, C, F, H, W): the targets start from zeros at t = 1
+        exactly and one Euler step to t = 0 gives x_0 = x_1 - 1 * v = -v, as trained (flow.py)."""
+        passes, g_text, g_mod, batch_cfg, caches = guidance
+        x = torch.zeros(shape, device=self.device, dtype=torch.float32)
+        dropped = self._dropped_conditions(plan, passes, shape, generator)
+        velocity = self._guided_velocity(plan, x, 1.0, clean, dropped, contexts, passes, g_text, g_mod,
+                                         batch_cfg, caches)
+        return x - velocity
+
+    def _dropped_conditions(self, plan: StreamPlan, passes: list[str], noise_shape: tuple[int, ...],
+                            generator: Generator) -> dict[str, torch.Tensor]:
+        """The noise that replaces each condition stream in the modality-unconditional pass (if any)."""
+        if "modality" not in passes:
+            return {}
+        z = randn_tensor((noise_shape[0], len(plan.condition_names), *noise_shape[2:]), generator=generator,
+                         device=self.device, dtype=torch.float32)
+        return {name: z[:, i] for i, name in enumerate(plan.condition_names)}
 
     def _frames(self, plan: StreamPlan, latents: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """Each target latent decoded to its uint8 video (B, F, H, W, 3)."""

@@ -1,10 +1,12 @@
 """A UnityVideo checkpoint folder: the transformer plus everything needed to run it.
 
     DIR/transformer/      UnityVideoTransformer.save_pretrained (config.json + safetensors)
-    DIR/unityvideo.json   CheckpointSpec: text encoder, codec, learned modalities and tasks, clip geometry
+    DIR/unityvideo.json   CheckpointSpec: text encoder, codec, learned modalities and tasks, clip geometry,
+                          how estimation was trained (`estimate_mode`)
     DIR/config.yaml       the exact training config of the run that produced it (optional)
 
-The trainer writes it (EMA weights), the pipeline and `unityvideo generate` read it.
+The trainer writes it (EMA weights), the pipeline and `unityvideo generate` read it. Fields added
+later have defaults, so older unityvideo.json files load unchanged (`estimate_mode`: "generative").
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 SPEC_NAME = "unityvideo.json"
 TRANSFORMER_DIR = "transformer"
 FORMAT = 1
+# How a checkpoint estimates modalities: "generative" (the paper's L_est, sampled from noise in N steps)
+# or "one_step" (x_0 in one deterministic step from t = 1 and a zero input; see unityvideo.flow).
+ESTIMATE_MODES = ("generative", "one_step")
 
 
 @dataclass
@@ -33,6 +38,7 @@ class CheckpointSpec:
     modality_prompt_template: str = "{prompt}"
     latent_norm: dict[str, list[float]] = field(default_factory=dict)  # stream -> [mean, std] (LatentNorm)
     step: int = 0
+    estimate_mode: str = "generative"                # generative | one_step (ESTIMATE_MODES)
     format: int = FORMAT
 
     def save(self, folder: str | Path) -> Path:
@@ -67,4 +73,7 @@ def load_checkpoint_spec(folder: str | Path) -> CheckpointSpec:
                          f"understands ({FORMAT}); upgrade unityvideo")
     spec = CheckpointSpec(**raw)
     spec.size = tuple(spec.size)
+    if spec.estimate_mode not in ESTIMATE_MODES:
+        raise ValueError(f"{path}: estimate_mode={spec.estimate_mode!r}; choose one of {ESTIMATE_MODES} "
+                         "(or remove the field: the default is generative)")
     return spec

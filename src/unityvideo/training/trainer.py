@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..flow import TASKS, Route, flow_loss, route_batch
+from ..flow import TASKS, Route, flow_loss, route_batch, validation_route
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
 from ..models.checkpoint import SPEC_NAME, CheckpointSpec, load_checkpoint_spec
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -440,7 +440,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float] | None:
         """Validation loss of every task x modality on fixed clips, timesteps and noise (EMA weights),
         and of control and estimate with another clip's condition (`.../unrelated_condition`: the
-        model uses its condition stream only if that loss is higher).
+        model uses its condition stream only if that loss is higher). One-step estimates
+        (`routing.estimate_mode: one_step`) are scored as they are trained: once, at t = 1 with a zero
+        input, instead of at each `train.eval_timesteps`.
 
         Every process evaluates the same samples (FSDP needs every process in every forward)."""
         stage_index = self.config.stage_at(max(0, self.step - 1))[0]
@@ -457,13 +459,13 @@ class Trainer:
         sums: dict[str, list[float]] = {}
         with self._ema_weights():
             for t, m, unrelated in specs:
-                refs = [(clip, t_val) for clip in range(len(clips)) for t_val in cfg.train.eval_timesteps]
+                times = (1.0,) if routing.one_step(t) else cfg.train.eval_timesteps
+                refs = [(clip, t_val) for clip in range(len(clips)) for t_val in times]
                 for start in range(0, len(refs), max(1, cfg.train.batch_size)):
                     chunk = refs[start:start + max(1, cfg.train.batch_size)]
                     items, routes = [], []
                     for clip, t_val in chunk:
-                        route = Route(t, m, 0.0 if t == "estimate" else t_val,
-                                      t_val if t in ("estimate", "joint") else 0.0, False, False)
+                        route = validation_route(routing, t, m, t_val)
                         item = clips[_EvalRef(clip, route)]
                         if unrelated:
                             other = clips[_EvalRef((clip + 1) % len(clips), route)]
@@ -532,7 +534,8 @@ class Trainer:
                            frames=data.frames, size=tuple(data.size) if data.size else (0, 0),
                            fps=float(data.world.fps) if data.world else 8.0, shift=cfg.routing.timesteps.shift,
                            modality_prompt_template=cfg.routing.modality_prompt_template,
-                           latent_norm=self.latent_norm.to_json(), step=self.step).save(tmp)
+                           latent_norm=self.latent_norm.to_json(), step=self.step,
+                           estimate_mode=cfg.routing.estimate_mode).save(tmp)
             (tmp / "config.yaml").write_text(dump_config(cfg))
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
