@@ -12,7 +12,8 @@ from unityvideo.data import read_video
 from unityvideo.demo import DEFAULT_ENSEMBLE
 from unityvideo.models.checkpoint import load_checkpoint_spec
 
-ROW_KEYS = {"task", "modality", "metric", "model", "baseline", "higher_is_better"}
+ROW_KEYS = {"task", "modality", "metric", "model", "baseline", "higher_is_better", "primary", "baseline_name",
+            "baseline_oracle", "interval", "verdict", "references"}
 
 
 def test_shipped_checkpoint_is_complete():
@@ -37,7 +38,7 @@ def test_demo_runs_every_task_and_writes_report_and_metrics(tmp_path):
     rows = json.loads((out / "metrics.json").read_text())
     assert rows and all(set(r) == ROW_KEYS for r in rows)
     assert {r["task"] for r in rows} == {"estimate", "control", "joint", "t2v"}
-    estimated = {r["modality"] for r in rows if r["task"] == "estimate" and r["baseline"] is not None}
+    estimated = {r["modality"] for r in rows if r["task"] == "estimate" and r["primary"] and r["baseline"] is not None}
     assert estimated == {"depth", "flow", "segmentation", "skeleton", "densepose"}
     assert all(np.isfinite(r["model"]) for r in rows if r["task"] == "estimate" and r["metric"] in ("abs_rel", "epe"))
     settings = json.loads((out / "eval" / "results.per_clip.json").read_text())["settings"]

@@ -21,7 +21,8 @@ from unityvideo.pipeline import UnityVideoPipeline
 from unityvideo.world.export import ExportSpec, export_world
 
 F, H, W = 8, 32, 32
-ROW_KEYS = {"task", "modality", "metric", "model", "baseline", "higher_is_better"}
+ROW_KEYS = {"task", "modality", "metric", "model", "baseline", "higher_is_better", "primary", "baseline_name",
+            "baseline_oracle", "interval", "verdict", "references"}
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +64,30 @@ def test_rows_cover_every_task_with_the_right_schema(results):
     assert {row["task"] for row in rows} == set(EVAL_TASKS)
     by_key = {(r["task"], r["modality"], r["metric"]): r for r in rows}
     for modality, (metric, higher) in PRIMARY_METRIC.items():
-        row = by_key[("estimate", modality, metric)]  # model vs the trivial baseline
-        assert row["higher_is_better"] is higher and row["baseline"] is not None
+        row = by_key[("estimate", modality, metric)]  # model vs the prior (the test split's, leave-one-out)
+        assert row["higher_is_better"] is higher and row["primary"] and row["baseline_oracle"] is False
         assert row["model"] is None or np.isfinite(row["model"])
+        assert "encoding ceiling" in {r["name"] for r in row["references"]}
         assert ("control", modality, metric) in by_key and ("joint", modality, metric) in by_key
-        for task in ("control", "joint"):  # quality proxies vs the GT video
-            assert all(by_key[(task, modality, q)]["baseline"] is not None for q in QUALITY_METRICS)
-    assert by_key[("control", "flow", "dis_epe")]["baseline"] is not None  # the independent DIS teacher
-    assert by_key[("control", "depth", "abs_rel")]["baseline"] is not None  # an unrelated clip's control
+        for task in ("control", "joint"):  # quality proxies beside the GT video's: no bar, no verdict
+            for q in QUALITY_METRICS:
+                quality = by_key[(task, modality, q)]
+                assert quality["baseline"] is None and quality["verdict"] is None
+                assert [r["name"] for r in quality["references"]] == ["GT video"]
+    assert by_key[("control", "flow", "dis_epe")]["baseline_name"] == "unrelated clip's signal"  # DIS teacher
+    assert by_key[("control", "depth", "abs_rel")]["baseline_name"] == "unrelated clip's signal"
+    assert by_key[("estimate", "skeleton", "pck@0.1")]["baseline_name"] == "train mean pose"
+    oracle = [r for r in by_key[("estimate", "skeleton", "pck@0.1")]["references"] if r["oracle"]]
+    assert {r["name"] for r in oracle} == {"GT people at their mean pose", "encoding ceiling"}
     t2v = [r for r in rows if r["task"] == "t2v"]
     assert [r["metric"] for r in t2v] == list(QUALITY_METRICS) and all(r["modality"] == "rgb" for r in t2v)
-    assert all(r["baseline"] is not None for r in t2v)
+    assert all(r["verdict"] is None and r["references"][0]["value"] is not None for r in t2v)
 
 
 def test_table_plots_and_per_clip_file(results):
     rows = json.loads(results.read_text())
     table = results.with_suffix(".md").read_text().splitlines()
-    assert table[0] == "| task | modality | metric | model | baseline | better? |"
+    assert table[0] == "| task | modality | metric | model | baseline | gain, 95% CI | verdict | also shown |"
     assert len(table) == 2 + len(rows)
     for task in EVAL_TASKS:
         with Image.open(results.with_name(f"results.{task}.png")) as image:
@@ -239,11 +247,12 @@ def test_modalities_and_tasks_the_checkpoint_lacks(tmp_path, world, no_model, ca
 
 def test_write_report_standalone(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
-    rows = [{"task": "estimate", "modality": "depth", "metric": "abs_rel", "model": 0.1, "baseline": 0.3,
-             "higher_is_better": False},
-            {"task": "estimate", "modality": "flow", "metric": "epe", "model": 2.0, "baseline": 1.0,
-             "higher_is_better": False}]
-    assert [is_better(r) for r in rows] == [True, False]
+    row = {"task": "estimate", "modality": "depth", "metric": "abs_rel", "model": 0.1, "baseline": 0.3,
+           "higher_is_better": False, "primary": True, "baseline_name": "train mean disparity",
+           "baseline_oracle": False, "interval": [0.1, 0.3], "verdict": "better", "references": []}
+    rows = [row, {**row, "modality": "flow", "metric": "epe", "model": 2.0, "baseline": 1.0, "verdict": "worse"},
+            {**row, "modality": "segmentation", "metric": "miou", "model": 0.01, "baseline": 0.0, "verdict": "tie"}]
+    assert [is_better(r) for r in rows] == [True, False, None]
     videos = [{"task": "estimate", "modality": "depth", "clip_id": "c<0>", "caption": "a & b",
                "cells": [{"label": "GT RGB", "frames": frames}]}]
     loss = save_animation(tmp_path / "elsewhere.gif", frames)  # any image stands in for the loss curve

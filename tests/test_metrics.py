@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from unityvideo.eval.baselines import trivial_baseline
 from unityvideo.eval.metrics import (
-    PRIMARY_METRIC, align_depth, control_agreement, densepose_metrics, depth_metrics, flow_metrics,
-    mean_metrics, modality_metrics, segmentation_metrics, skeleton_metrics, trivial_baseline,
+    PRIMARY_METRIC, Pooled, align_depth, control_agreement, densepose_metrics, depth_metrics, flow_metrics,
+    mean_metrics, modality_metrics, modality_scores, pool, segmentation_metrics, skeleton_metrics,
 )
 from unityvideo.eval.quality import dis_flow, frame_ssim, motion_smoothness, ssim, warping_error
 from unityvideo.modalities import MODALITY_NAMES, get_modality
@@ -70,9 +71,10 @@ def test_flow_known_epe_and_outlier_boundaries():
     pred[0, 0, 4] = (100.0, 2.9)     # 2.9 px < 3 px: not an outlier
     metrics = flow_metrics(pred, gt)
     assert metrics["epe"] == pytest.approx((3 + 3.001 + 5 + 5.1 + 2.9 + 0) / 6)
+    assert metrics["epe_moving"] == pytest.approx((5 + 5.1 + 2.9) / 3)  # the three pixels with true flow
     assert metrics["fl_all"] == pytest.approx(2 / 6)
-    assert flow_metrics(np.full((2, 3, 3, 2), [3.0, 4.0]), np.zeros((2, 3, 3, 2))) == pytest.approx(
-        {"epe": 5.0, "fl_all": 1.0})
+    still = flow_metrics(np.full((2, 3, 3, 2), [3.0, 4.0]), np.zeros((2, 3, 3, 2)))
+    assert still["epe"] == pytest.approx(5.0) and still["fl_all"] == 1.0 and np.isnan(still["epe_moving"])
 
 
 def test_flow_valid_mask():
@@ -82,7 +84,7 @@ def test_flow_valid_mask():
     valid = np.ones((1, 2, 2), bool)
     assert flow_metrics(pred, gt)["epe"] == pytest.approx(50.0 / 4)
     valid[0, 0, 0] = False
-    assert flow_metrics(pred, gt, valid) == {"epe": 0.0, "fl_all": 0.0}
+    assert flow_metrics(pred, gt, valid)["epe"] == 0.0 and flow_metrics(pred, gt, valid)["fl_all"] == 0.0
     assert all(np.isnan(v) for v in flow_metrics(pred, gt, np.zeros_like(valid)).values())
 
 
@@ -120,7 +122,7 @@ def test_segmentation_empty_masks():
     empty = np.zeros((2, 4, 4), np.uint8)
     some = empty.copy()
     some[0, 1, 1] = 3
-    assert segmentation_metrics(empty, empty) == {"miou": 1.0, "fg_iou": 1.0}
+    assert all(np.isnan(v) for v in segmentation_metrics(empty, empty).values())  # nothing to measure
     assert segmentation_metrics(some, empty) == {"miou": 0.0, "fg_iou": 0.0}
     assert segmentation_metrics(empty, some) == {"miou": 0.0, "fg_iou": 0.0}
 
@@ -140,18 +142,22 @@ def test_skeleton_pck_on_a_known_offset():
                              ((0.0, 10.5), (0.0, 0.0))]:
         pred = gt.copy()
         pred[..., :2] += offset
-        assert skeleton_metrics(pred, gt) == pytest.approx({"pck@0.05": expected[0], "pck@0.1": expected[1]})
+        assert skeleton_metrics(pred, gt) == pytest.approx({"pck@0.05": expected[0], "pck@0.1": expected[1],
+                                                            "pck@0.2": 1.0, "pck17@0.1": expected[1]})
 
 
 def test_skeleton_persons_matched_per_frame_and_visibility_rules():
     gt = np.concatenate([_person(0, 0), _person(300, 0)], axis=1)  # (2, 2, 17, 3)
     pred = gt[:, ::-1].copy()  # persons listed in the other order
-    assert skeleton_metrics(pred, gt) == pytest.approx({"pck@0.05": 1.0, "pck@0.1": 1.0})
+    assert skeleton_metrics(pred, gt) == pytest.approx({"pck@0.05": 1.0, "pck@0.1": 1.0, "pck@0.2": 1.0,
+                                                        "pck17@0.1": 1.0})
     pred[0, 0, :4, 2] = 0  # 4 predicted joints missing (v = 0): misses
     gt_half = gt.copy()
     gt_half[1, 1, :, 2] = 0  # GT joints with v = 0 are not counted; v = 1 (occluded) is
     gt_half[1, 0, :, 2] = 1
-    assert skeleton_metrics(pred, gt_half)["pck@0.1"] == pytest.approx((51 - 4) / 51)
+    # 51 labelled joints, 39 of them scored (no eyes or ears); of the 4 missing, only the nose is scored
+    assert skeleton_metrics(pred, gt_half)["pck17@0.1"] == pytest.approx((51 - 4) / 51)
+    assert skeleton_metrics(pred, gt_half)["pck@0.1"] == pytest.approx((39 - 1) / 39)
     # One predicted person for two GT persons: the other GT person's joints miss; extras are free.
     assert skeleton_metrics(gt[:, :1], gt)["pck@0.1"] == pytest.approx(0.5)
     assert skeleton_metrics(gt, gt[:, :1])["pck@0.1"] == pytest.approx(1.0)
@@ -161,7 +167,8 @@ def test_skeleton_no_persons():
     none = np.zeros((3, 0, 17, 3))
     assert all(np.isnan(v) for v in skeleton_metrics(none, none).values())
     assert all(np.isnan(v) for v in skeleton_metrics(_person(0, 0, 3), np.zeros((3, 1, 17, 3))).values())
-    assert skeleton_metrics(none, _person(0, 0, 3)) == {"pck@0.05": 0.0, "pck@0.1": 0.0}
+    assert skeleton_metrics(none, _person(0, 0, 3)) == {"pck@0.05": 0.0, "pck@0.1": 0.0, "pck@0.2": 0.0,
+                                                        "pck17@0.1": 0.0}
     with pytest.raises(ValueError, match="frames"):
         skeleton_metrics(_person(0, 0, 2), _person(0, 0, 3))
 
@@ -172,20 +179,19 @@ def test_densepose_part_iou_and_uv_error():
     gt = np.zeros((1, 2, 8, 3))
     gt[0, :, :2, 0], gt[0, :, 2:4, 0] = 1, 2  # 4 px of part 1, 4 px of part 2
     gt[..., 1:] = np.where(gt[..., :1] > 0, 0.5, 0.0)
-    assert densepose_metrics(gt, gt) == {"part_miou": 1.0, "uv_error": 0.0}
+    assert densepose_metrics(gt, gt) == {"part_miou": 1.0, "body_iou": 1.0, "uv_error": 0.0}
     pred = gt.copy()
     pred[0, :, :4, 0] = 1  # part 1 on 8 px: IoU(1) = 4/8, IoU(2) = 0
     pred[..., 1:] += [0.3, 0.4]  # UV off by 0.5 where the part is right (part 1)
-    assert densepose_metrics(pred, gt) == pytest.approx({"part_miou": 0.25, "uv_error": 0.5})
+    assert densepose_metrics(pred, gt) == pytest.approx({"part_miou": 0.25, "body_iou": 1.0, "uv_error": 0.5})
 
 
 def test_densepose_empty():
     empty = np.zeros((1, 4, 4, 3))
     person = empty.copy()
     person[0, 1:3, 1:3] = (5, 0.2, 0.7)
-    assert densepose_metrics(empty, empty)["part_miou"] == 1.0
-    assert np.isnan(densepose_metrics(empty, empty)["uv_error"])
-    assert densepose_metrics(empty, person)["part_miou"] == 0.0
+    assert all(np.isnan(v) for v in densepose_metrics(empty, empty).values())  # nothing to measure
+    assert densepose_metrics(empty, person)["part_miou"] == 0.0 and densepose_metrics(empty, person)["body_iou"] == 0.0
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -200,7 +206,7 @@ def test_dispatch_aliases_primary_metric_and_control_agreement():
         modality_metrics("normals", flow, flow)
     control = _person(0, 0)  # control: one person; the generated video shows two
     reestimated = np.concatenate([_person(300, 0), _person(0, 0)], axis=1)
-    assert control_agreement("pose", control, reestimated)["pck@0.1"] == 1.0
+    assert control_agreement("pose", control, reestimated)["pck@0.1"].value == 1.0
     assert modality_metrics("pose", control, reestimated)["pck@0.1"] == 0.5
 
 
@@ -286,16 +292,15 @@ def clip():
 
 
 def test_world_clip_ground_truth_is_perfect_and_baselines_are_worse(clip):
-    perfect = {"depth": {"abs_rel": 0.0, "delta1": 1.0}, "flow": {"epe": 0.0, "fl_all": 0.0},
-               "segmentation": {"miou": 1.0, "fg_iou": 1.0}, "skeleton": {"pck@0.05": 1.0, "pck@0.1": 1.0},
-               "densepose": {"part_miou": 1.0, "uv_error": 0.0}}
+    perfect = {"depth": {"abs_rel": 0.0, "delta1": 1.0}, "flow": {"epe": 0.0, "epe_moving": 0.0, "fl_all": 0.0},
+               "segmentation": {"miou": 1.0, "fg_iou": 1.0},
+               "skeleton": {"pck@0.05": 1.0, "pck@0.1": 1.0, "pck@0.2": 1.0, "pck17@0.1": 1.0},
+               "densepose": {"part_miou": 1.0, "body_iou": 1.0, "uv_error": 0.0}}
     for name in MODALITY_NAMES:
         gt = getattr(clip, name)
         assert modality_metrics(name, gt, gt) == pytest.approx(perfect[name], abs=1e-9), name
         key, higher = PRIMARY_METRIC[name]
-        baseline = trivial_baseline(name, gt, clip.rgb)
-        assert baseline.shape == gt.shape
-        score = modality_metrics(name, baseline, gt)[key]
+        score = modality_metrics(name, trivial_baseline(name, gt, clip.rgb), gt)[key]
         assert (score < perfect[name][key]) if higher else (score > perfect[name][key]), (name, score)
 
 

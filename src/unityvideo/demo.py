@@ -147,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
              "total time": f"{time.perf_counter() - start:.0f} s"}
     report = report_from_results(eval_dir, loss_curve=loss, notes=notes, report_dir=out,
                                  title="UnityVideo demo on the built-in world")
-    wins = sum(1 for r in rows if r["baseline"] is not None and r["model"] is not None
-               and (r["model"] > r["baseline"]) == r["higher_is_better"])
-    scored = sum(1 for r in rows if r["baseline"] is not None and r["model"] is not None)
-    print(f"model beats its baseline on {wins} of {scored} metrics; report: {report}; metrics: {out / 'metrics.json'}")
+    primary = [r for r in rows if r["primary"] and r["verdict"] is not None]
+    verdicts = ", ".join(f"{r['task']} {r['modality']} {r['verdict']}" for r in primary)
+    print(f"primary metrics against their baselines: {verdicts}")
+    print(f"report: {report}; metrics: {out / 'metrics.json'}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

@@ -294,6 +294,15 @@ def skeleton_radius(height: int, width: int) -> int:
     return max(1, int(np.floor(min(height, width) / 64 + 0.5)))
 
 
+# The five face joints lie a few pixels apart at small sizes, so they are drawn one radius smaller
+# (a single pixel at radius 1), last, and the nose last of all: otherwise their discs cover each other.
+SKELETON_FACE_JOINTS = (0, 1, 2, 3, 4)
+
+
+def _joint_radius(joint: int, radius: int) -> int:
+    return radius - 1 if joint in SKELETON_FACE_JOINTS else radius
+
+
 def _disc_offsets(radius: float) -> np.ndarray:
     """Integer (dy, dx) offsets of a filled disc: dx^2 + dy^2 <= radius^2."""
     span = int(np.floor(radius))
@@ -343,10 +352,14 @@ def _encode_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **_: An
     skeleton = np.nan_to_num(skeleton, nan=0.0, posinf=-1e6, neginf=-1e6).clip(-1e6, 1e6)
     radius = skeleton_radius(height, width)
     canvas = np.zeros((skeleton.shape[0], height, width, 3), np.uint8)
-    # Limbs first (a line = a dense row of small discs), then every joint on top.
+    # Limbs first (a line = a dense row of small discs), then the body joints, then the face joints.
     _stamp(canvas, *_limb_samples(skeleton), radius=max(0.5, radius / 2))
-    frames, people, joints = np.nonzero(skeleton[..., 2] >= 1)
-    _stamp(canvas, frames, skeleton[frames, people, joints, 1::-1], SKELETON_JOINT_COLOURS[joints], radius)
+    body = [j for j in range(17) if j not in SKELETON_FACE_JOINTS]
+    for joints in (body, *([j] for j in reversed(SKELETON_FACE_JOINTS))):
+        frames, people, which = np.nonzero(skeleton[:, :, joints, 2] >= 1)
+        kinds = np.asarray(joints)[which]
+        _stamp(canvas, frames, skeleton[frames, people, kinds, 1::-1], SKELETON_JOINT_COLOURS[kinds],
+               _joint_radius(joints[0], radius))
     return canvas
 
 
@@ -455,7 +468,7 @@ def _decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> Ra
             weight = count[near]
             centroid = (np.dot(weight, centre_y[near]) / weight.sum(), np.dot(weight, centre_x[near]) / weight.sum())
             pixels = np.concatenate([blob_pixels[b] for b in near])
-            y, x = _disc_centre(classes[blob_frame[main]], pixels, radius, centroid)
+            y, x = _disc_centre(classes[blob_frame[main]], pixels, _joint_radius(kind, radius), centroid)
             person[kind] = (x, y, 2.0)
         people_per_frame[blob_frame[group[0]]].append(person)
     most = max((len(p) for p in people_per_frame), default=0)

@@ -1,22 +1,31 @@
 """Per-modality accuracy metrics on raw arrays (the `WorldClip` layouts), pure numpy/scipy.
 
-Every metric compares one clip's prediction with its reference and returns a dict of floats:
+Every metric of a clip is a `Pooled` sum: a numerator and a denominator per class. Adding the
+`Pooled` of several clips pools them, which is how a split is scored (`pool`); `.value` is the
+number (a per-class ratio, averaged over the classes that occur). The conventions are the field's:
 
-    depth         abs_rel, delta1       after one scale+shift per clip, fitted in disparity space
-    flow          epe, fl_all           KITTI outliers: error > 3 px and > 5 % of the true magnitude
-    segmentation  miou, fg_iou          instances matched by the Hungarian method on clip IoU
-    skeleton      pck@0.05, pck@0.1     of the GT person's keypoint box, persons matched per frame
-    densepose     part_miou, uv_error   24 body parts; UV error where the part is right
+    depth         abs_rel, delta1        relative depth: one scale + shift per clip, fitted in
+                                         disparity (MiDaS / Marigold); the mean over clips
+    flow          epe, epe_moving,       end-point error over all valid pixels of the split (and over
+                  fl_all                 pixels whose true flow is >= MOVING_FLOW px); KITTI outliers
+    segmentation  miou, fg_iou           instances matched by the Hungarian method on clip IoU;
+                                         matched IoU / (matches + misses + false instances), pooled
+    skeleton      pck@0.05/0.1/0.2,      of the GT person's keypoint box, persons matched per frame;
+                  pck17@0.1              nose + 12 body joints (pck17: all 17), pooled over the split
+    densepose     part_miou, body_iou,   24 body parts (background not a class), intersections and
+                  uv_error               unions pooled over the split (semantic-segmentation mIoU)
 
-Fractions (delta1, fl_all, IoUs, PCK) lie in [0, 1]. A metric with nothing to measure (all-sky
-depth, no GT person, no pixel with the right part) is NaN; average clips with `mean_metrics`,
-which skips NaNs. `modality_metrics(name, pred, gt)` dispatches by modality name or alias,
+Pooling matters: a per-clip mean gives an empty prediction full marks on every clip without a
+person; pooled, such clips add nothing to either sum. A clip with nothing to measure (all-sky depth,
+no instance or person in prediction and reference) has NaN values and pools as nothing.
+`modality_metrics(name, pred, gt)` gives one clip's values, `modality_scores` its `Pooled` sums,
 `control_agreement` scores a control signal against the same modality re-estimated from a
-generated video, and `trivial_baseline` gives the floor a model has to beat.
+generated video; `eval.baselines` has the predictions a model has to beat.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -25,9 +34,9 @@ from unityvideo.eval.quality import dis_flow, frame_ssim, motion_smoothness, ssi
 from unityvideo.modalities import MODALITY_NAMES, get_modality
 
 __all__ = [
-    "depth_metrics", "flow_metrics", "segmentation_metrics", "skeleton_metrics", "densepose_metrics",
-    "modality_metrics", "control_agreement", "trivial_baseline", "mean_metrics", "PRIMARY_METRIC",
-    "DENSEPOSE_PARTS", "PCK_THRESHOLDS",
+    "Pooled", "pool", "depth_metrics", "flow_metrics", "segmentation_metrics", "skeleton_metrics",
+    "densepose_metrics", "modality_metrics", "modality_scores", "control_agreement",
+    "mean_metrics", "metric_modality", "PRIMARY_METRIC", "HIGHER_IS_BETTER", "DENSEPOSE_PARTS", "PCK_THRESHOLDS", "PCK_JOINTS", "MOVING_FLOW",
     "warping_error", "frame_ssim", "ssim", "motion_smoothness", "dis_flow",
 ]
 
@@ -39,9 +48,62 @@ PRIMARY_METRIC: dict[str, tuple[str, bool]] = {
     "skeleton": ("pck@0.1", True),
     "densepose": ("part_miou", True),
 }
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "abs_rel": False, "delta1": True, "epe": False, "epe_moving": False, "fl_all": False, "miou": True,
+    "fg_iou": True, "pck@0.05": True, "pck@0.1": True, "pck@0.2": True, "part_miou": True, "body_iou": True,
+    "uv_error": False, "pck17@0.1": True, "frame_ssim": True, "motion_smoothness": True, "warping_error": False,
+}
 DENSEPOSE_PARTS = 24
-PCK_THRESHOLDS = (0.05, 0.1)
+PCK_THRESHOLDS = (0.05, 0.1, 0.2)
+PCK_JOINTS = (0, *range(5, 17))  # nose, shoulders, elbows, wrists, hips, knees, ankles (COCO order)
 DELTA1_THRESHOLD = 1.25
+MOVING_FLOW = 0.5  # px per frame: pixels whose true flow is at least this long count as moving
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """A metric as sums that pool over clips: `num[k] / den[k]` per class k, averaged over the
+    classes with `den > 0` (none: NaN). One class is a plain ratio (EPE = sum of errors / pixels);
+    several are a class-averaged ratio (mIoU = intersections / unions per part). `a + b` pools."""
+
+    num: np.ndarray
+    den: np.ndarray
+
+    @classmethod
+    def ratio(cls, num: float, den: float) -> "Pooled":
+        return cls(np.array([float(num)]), np.array([float(den)]))
+
+    @classmethod
+    def mean(cls, value: float) -> "Pooled":
+        """A per-clip number pooled as the mean over clips (NaN: the clip adds nothing)."""
+        finite = bool(np.isfinite(value))
+        return cls.ratio(value if finite else 0.0, 1.0 if finite else 0.0)
+
+    @property
+    def value(self) -> float:
+        present = self.den > 0
+        return float(np.mean(self.num[present] / self.den[present])) if present.any() else float("nan")
+
+    def __add__(self, other: "Pooled") -> "Pooled":
+        return Pooled(self.num + other.num, self.den + other.den)
+
+
+def pool(scores: Iterable[Mapping[str, Pooled]]) -> dict[str, float]:
+    """The split's value of every metric: each metric's sums pooled over the clips."""
+    totals: dict[str, Pooled] = {}
+    for clip in scores:
+        for key, score in clip.items():
+            totals[key] = totals[key] + score if key in totals else score
+    return {key: total.value for key, total in totals.items()}
+
+
+def _values(scores: Callable[..., dict[str, Pooled]]) -> Callable[..., dict[str, float]]:
+    """The one-clip numbers of a `Pooled` metric."""
+    def metric(*args: Any, **kwargs: Any) -> dict[str, float]:
+        return {key: score.value for key, score in scores(*args, **kwargs).items()}
+    metric.__name__ = scores.__name__.removeprefix("_").removesuffix("_scores") + "_metrics"
+    metric.__doc__ = scores.__doc__
+    return metric
 
 
 def _same_shape(pred: Any, gt: Any, metric: str, layout: str) -> tuple[np.ndarray, np.ndarray]:
@@ -50,10 +112,6 @@ def _same_shape(pred: Any, gt: Any, metric: str, layout: str) -> tuple[np.ndarra
         raise ValueError(f"{metric}: prediction {pred.shape} and reference {gt.shape} must both be {layout} "
                          "of the same clip; resize the prediction to the reference first")
     return pred, gt
-
-
-def _mean_or_nan(values: np.ndarray) -> float:
-    return float(values.mean()) if values.size else float("nan")
 
 
 # ----------------------------------------------------------------------------- depth
@@ -86,30 +144,32 @@ def align_depth(pred_depth: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray)
     return 1.0 / aligned
 
 
-def depth_metrics(pred_depth: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+def _depth_scores(pred_depth: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray | None = None) -> dict[str, Pooled]:
     """AbsRel = mean |d - d*| / d* and delta1 = fraction with max(d/d*, d*/d) < 1.25, after per-clip
-    scale+shift alignment in disparity (`align_depth`). Pixels where the reference is sky (inf),
-    NaN or <= 0, or outside the optional `valid` mask, are excluded; none left -> NaN."""
+    scale+shift alignment in disparity (`align_depth`); each clip's numbers are averaged over
+    clips. Pixels where the reference is sky (inf), NaN or <= 0, or outside the optional `valid`
+    mask, are excluded; none left -> NaN."""
     pred, gt = _same_shape(pred_depth, gt_depth, "depth_metrics", "depth (F, H, W)")
     gt = gt.astype(np.float64)
     mask = np.isfinite(gt) & (gt > 0)
     if valid is not None:
         mask &= np.asarray(valid, bool)
     if not mask.any():
-        return {"abs_rel": float("nan"), "delta1": float("nan")}
+        return {"abs_rel": Pooled.mean(np.nan), "delta1": Pooled.mean(np.nan)}
     aligned = align_depth(pred, gt, mask)[mask]
     truth = gt[mask]
     ratio = np.maximum(aligned / truth, truth / aligned)
-    return {"abs_rel": float(np.mean(np.abs(aligned - truth) / truth)),
-            "delta1": float(np.mean(ratio < DELTA1_THRESHOLD))}
+    return {"abs_rel": Pooled.mean(np.mean(np.abs(aligned - truth) / truth)),
+            "delta1": Pooled.mean(np.mean(ratio < DELTA1_THRESHOLD))}
 
 
 # ----------------------------------------------------------------------------- flow
 
-def flow_metrics(pred_flow: np.ndarray, gt_flow: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
-    """EPE = mean endpoint error (pixels) and Fl-all = fraction of outliers, KITTI 2015's rule: a
-    pixel is an outlier when its error is > 3 px AND > 5 % of the true flow's magnitude. Averaged
-    over pixels where `valid` (F, H, W) is true (all if None) and the reference is finite."""
+def _flow_scores(pred_flow: np.ndarray, gt_flow: np.ndarray, valid: np.ndarray | None = None) -> dict[str, Pooled]:
+    """EPE = mean endpoint error (pixels), over all pixels and over the moving ones (true flow >=
+    MOVING_FLOW px), and Fl-all = fraction of outliers, KITTI 2015's rule: a pixel is an outlier
+    when its error is > 3 px AND > 5 % of the true flow's magnitude. Over pixels where `valid`
+    (F, H, W) is true (all if None) and the reference is finite, pooled over the split."""
     pred, gt = _same_shape(pred_flow, gt_flow, "flow_metrics", "flow (F, H, W, 2)")
     gt = gt.astype(np.float64)
     mask = np.isfinite(gt).all(axis=-1)
@@ -119,7 +179,14 @@ def flow_metrics(pred_flow: np.ndarray, gt_flow: np.ndarray, valid: np.ndarray |
     error = np.nan_to_num(error, nan=np.inf)  # a NaN prediction is as wrong as can be
     magnitude = np.linalg.norm(gt[mask], axis=-1)
     outlier = (error > 3.0) & (error > 0.05 * magnitude)
-    return {"epe": _mean_or_nan(error), "fl_all": _mean_or_nan(outlier)}
+    moving = magnitude >= MOVING_FLOW
+    return {"epe": Pooled.ratio(error.sum(), error.size),
+            "epe_moving": Pooled.ratio(error[moving].sum(), np.count_nonzero(moving)),
+            "fl_all": Pooled.ratio(np.count_nonzero(outlier), outlier.size)}
+
+
+flow_metrics = _values(_flow_scores)
+depth_metrics = _values(_depth_scores)
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -145,14 +212,14 @@ def instance_iou(pred_ids: np.ndarray, gt_ids: np.ndarray) -> tuple[np.ndarray, 
     return inter / np.maximum(union, 1), gt_values[rows], pred_values[cols]
 
 
-def segmentation_metrics(pred_ids: np.ndarray, gt_ids: np.ndarray) -> dict[str, float]:
-    """Instance mIoU and foreground IoU of one clip (id 0 = background).
+def _segmentation_scores(pred_ids: np.ndarray, gt_ids: np.ndarray) -> dict[str, Pooled]:
+    """Instance mIoU and foreground IoU (id 0 = background), pooled over the split.
 
     An instance's mask is its pixels over the whole clip, so an id switch mid-clip costs IoU. GT and
     predicted instances are paired one-to-one by the Hungarian method maximising total IoU; pairs
     with IoU 0 are not matches. miou = sum of matched IoUs / (matches + unmatched GT + unmatched
     predicted instances): missed and hallucinated instances both count as IoU 0. fg_iou = IoU of
-    the masks id > 0. With no instance in either, both are 1 (the prediction is exactly right).
+    the masks id > 0. A clip with no instance in either adds nothing (NaN on its own).
     """
     pred, gt = _same_shape(pred_ids, gt_ids, "segmentation_metrics", "instance ids (F, H, W)")
     pred, gt = pred.astype(np.int64), gt.astype(np.int64)
@@ -163,16 +230,17 @@ def segmentation_metrics(pred_ids: np.ndarray, gt_ids: np.ndarray) -> dict[str, 
     else:
         matched = np.zeros(0)
     slots = len(gt_values) + len(pred_values) - len(matched)
-    miou = float(matched.sum() / slots) if slots else 1.0
     fg_pred, fg_gt = pred > 0, gt > 0
-    fg_union = np.count_nonzero(fg_pred | fg_gt)
-    fg_iou = np.count_nonzero(fg_pred & fg_gt) / fg_union if fg_union else 1.0
-    return {"miou": miou, "fg_iou": float(fg_iou)}
+    return {"miou": Pooled.ratio(matched.sum(), slots),
+            "fg_iou": Pooled.ratio(np.count_nonzero(fg_pred & fg_gt), np.count_nonzero(fg_pred | fg_gt))}
+
+
+segmentation_metrics = _values(_segmentation_scores)
 
 
 # ----------------------------------------------------------------------------- skeleton
 
-def _check_keypoints(keypoints: Any, what: str) -> np.ndarray:
+def check_keypoints(keypoints: Any, what: str) -> np.ndarray:
     keypoints = np.asarray(keypoints, np.float64)
     if keypoints.ndim != 4 or keypoints.shape[2:] != (17, 3):
         raise ValueError(f"skeleton_metrics: {what} must be COCO keypoints (F, P, 17, 3) (x, y, v), "
@@ -205,19 +273,23 @@ def _match_persons(cost: np.ndarray, present: np.ndarray, n_pred: int) -> np.nda
     return assignment
 
 
-def skeleton_metrics(pred_keypoints: np.ndarray, gt_keypoints: np.ndarray,
-                     thresholds: Iterable[float] = PCK_THRESHOLDS) -> dict[str, float]:
+def _skeleton_scores(pred_keypoints: np.ndarray, gt_keypoints: np.ndarray,
+                     thresholds: Iterable[float] = PCK_THRESHOLDS) -> dict[str, Pooled]:
     """PCK@a: the fraction of GT-labelled joints (v > 0) whose predicted joint lies within a times
-    the GT person's box size (`person_box_size`), pooled over the clip.
+    the GT person's box size (`person_box_size`), joints pooled over the split. Scored over
+    `PCK_JOINTS` (COCO's nose and 12 body joints; pck17@0.1 over all 17): the eyes and ears lie within
+    a pixel or two of the nose at the sizes a video model works at, where no picture keeps them apart
+    (docs/demo.md measures the encoding's ceiling), and body-joint sets without them are the MPII /
+    LSP convention.
 
     Persons are paired per frame by the Hungarian method on the mean over the GT person's labelled
     joints of min(distance / box size, 1), a missing predicted joint (v = 0) counting 1; predicted
     and GT persons may differ in number. Joints of an unpaired GT person, and joints the paired
     prediction lacks, are misses; extra predicted persons are not penalised (PCK is a recall).
-    No labelled GT joint in the clip -> NaN.
+    No labelled GT joint in the clip -> NaN (it adds nothing).
     """
-    pred = _check_keypoints(pred_keypoints, "prediction")
-    gt = _check_keypoints(gt_keypoints, "reference")
+    pred = check_keypoints(pred_keypoints, "prediction")
+    gt = check_keypoints(gt_keypoints, "reference")
     if pred.shape[0] != gt.shape[0]:
         raise ValueError(f"skeleton_metrics: prediction has {pred.shape[0]} frames, reference {gt.shape[0]}")
     labelled = gt[..., 2] > 0  # (F, G, 17)
@@ -232,18 +304,22 @@ def skeleton_metrics(pred_keypoints: np.ndarray, gt_keypoints: np.ndarray,
     unpaired = normalised.shape[2]  # index of the all-inf column
     column = np.where(assignment >= 0, assignment, unpaired)[..., None, None]
     chosen = np.take_along_axis(padded, column, axis=2)[:, :, 0]
-    total = labelled.sum()
-    return {f"pck@{a:g}": float((labelled & (chosen <= a)).sum() / total) if total else float("nan")
-            for a in thresholds}
+    scored = labelled & np.isin(np.arange(17), PCK_JOINTS)
+    scores = {f"pck@{a:g}": Pooled.ratio((scored & (chosen <= a)).sum(), scored.sum()) for a in thresholds}
+    scores["pck17@0.1"] = Pooled.ratio((labelled & (chosen <= 0.1)).sum(), labelled.sum())
+    return scores
+
+
+skeleton_metrics = _values(_skeleton_scores)
 
 
 # ----------------------------------------------------------------------------- densepose
 
-def densepose_metrics(pred_iuv: np.ndarray, gt_iuv: np.ndarray) -> dict[str, float]:
-    """part_miou: mean over the 24 DensePose parts present in the reference or the prediction of
-    the part's IoU over the clip (background excluded; neither has any part -> 1). uv_error: mean
-    Euclidean (U, V) distance on pixels whose predicted part equals the GT part (> 0); none -> NaN.
-    Predicted part indices are rounded and clipped to 0..24."""
+def _densepose_scores(pred_iuv: np.ndarray, gt_iuv: np.ndarray) -> dict[str, Pooled]:
+    """part_miou: the mean over the 24 DensePose parts of each part's IoU, intersections and unions
+    pooled over the split (background is not a class; a part in neither is left out). body_iou: IoU
+    of the body masks (part > 0). uv_error: mean Euclidean (U, V) distance on pixels whose predicted
+    part equals the GT part (> 0). Predicted part indices are rounded and clipped to 0..24."""
     pred, gt = _same_shape(pred_iuv, gt_iuv, "densepose_metrics", "IUV (F, H, W, 3)")
     pred_part = np.rint(np.nan_to_num(pred[..., 0].astype(np.float64))).clip(0, DENSEPOSE_PARTS).astype(np.int64)
     gt_part = np.rint(gt[..., 0].astype(np.float64)).clip(0, DENSEPOSE_PARTS).astype(np.int64)
@@ -251,73 +327,59 @@ def densepose_metrics(pred_iuv: np.ndarray, gt_iuv: np.ndarray) -> dict[str, flo
     joint = np.bincount((gt_part * bins + pred_part).ravel(), minlength=bins * bins).reshape(bins, bins)
     inter = np.diag(joint)[1:].astype(np.float64)
     union = joint.sum(axis=1)[1:] + joint.sum(axis=0)[1:] - inter
-    present = union > 0
-    part_miou = float(np.mean(inter[present] / union[present])) if present.any() else 1.0
-    right = (pred_part == gt_part) & (gt_part > 0)
+    body_pred, body_gt = pred_part > 0, gt_part > 0
+    right = (pred_part == gt_part) & body_gt
     uv_error = np.linalg.norm(pred[..., 1:][right].astype(np.float64) - gt[..., 1:][right], axis=-1)
-    return {"part_miou": part_miou, "uv_error": _mean_or_nan(uv_error)}
+    return {"part_miou": Pooled(inter, union.astype(np.float64)),
+            "body_iou": Pooled.ratio(np.count_nonzero(body_pred & body_gt), np.count_nonzero(body_pred | body_gt)),
+            "uv_error": Pooled.ratio(uv_error.sum(), uv_error.size)}
+
+
+densepose_metrics = _values(_densepose_scores)
 
 
 # ----------------------------------------------------------------------------- dispatch
 
-_METRICS = {
-    "depth": depth_metrics,
-    "flow": flow_metrics,
-    "segmentation": segmentation_metrics,
-    "skeleton": skeleton_metrics,
-    "densepose": densepose_metrics,
+_SCORES = {
+    "depth": _depth_scores,
+    "flow": _flow_scores,
+    "segmentation": _segmentation_scores,
+    "skeleton": _skeleton_scores,
+    "densepose": _densepose_scores,
 }
 
 
-def _metric_modality(name: str) -> str:
+def metric_modality(name: str) -> str:
+    """The canonical name of a modality that has accuracy metrics (errors name the others)."""
     modality = get_modality(name).name
-    if modality not in _METRICS:
+    if modality not in _SCORES:
         raise ValueError(f"no accuracy metric for stream {name!r}; metrics exist for {', '.join(MODALITY_NAMES)} "
                          "(score RGB with warping_error / frame_ssim / motion_smoothness)")
     return modality
 
 
+def modality_scores(name: str, pred_raw: np.ndarray, gt_raw: np.ndarray, **options: Any) -> dict[str, Pooled]:
+    """One clip's `Pooled` metrics against its reference, by modality name or alias (raw layouts as
+    in `WorldClip`); options go to the metric (e.g. valid= for flow and depth). `pool` the clips."""
+    return _SCORES[metric_modality(name)](pred_raw, gt_raw, **options)
+
+
 def modality_metrics(name: str, pred_raw: np.ndarray, gt_raw: np.ndarray, **options: Any) -> dict[str, float]:
-    """Metrics of one clip's prediction against its reference, by modality name or alias (raw
-    layouts as in `WorldClip`); options go to the metric (e.g. valid= for flow and depth)."""
-    return _METRICS[_metric_modality(name)](pred_raw, gt_raw, **options)
+    """One clip's metric values (`modality_scores` without pooling)."""
+    return {key: score.value for key, score in modality_scores(name, pred_raw, gt_raw, **options).items()}
 
 
 def control_agreement(name: str, control_raw: np.ndarray, reestimated_raw: np.ndarray,
-                      **options: Any) -> dict[str, float]:
+                      **options: Any) -> dict[str, Pooled]:
     """Controllability: how well a generated video follows its control signal, measured as the
-    metrics of the modality re-estimated from the video (by a teacher, e.g. `dis_flow`) with the
-    control taken as the reference."""
-    return modality_metrics(name, reestimated_raw, control_raw, **options)
-
-
-def trivial_baseline(name: str, gt_raw: np.ndarray, rgb: np.ndarray | None = None) -> np.ndarray:
-    """The prediction of a model that learned nothing about the clip but its statistics; a model
-    must beat it. `rgb` is accepted for baselines that look at the video and unused by these.
-
-    depth: a constant plane at the clip's mean finite depth (sky excluded); flow: zero; segmentation:
-    all background; skeleton: each GT person frozen at its mean pose (per joint, the mean position
-    over the frames where it is labelled, v = 2; never-labelled joints stay (0, 0, 0)) in every frame
-    — a static-person baseline that knows where the person is but not how it moves; densepose: no
-    person (all zeros).
-    """
-    modality = _metric_modality(name)
-    gt = np.asarray(gt_raw)
-    if modality == "depth":
-        finite = gt[np.isfinite(gt) & (gt > 0)]
-        return np.full(gt.shape, finite.mean() if finite.size else 1.0, np.float32)
-    if modality == "skeleton":
-        gt = _check_keypoints(gt, "reference")
-        labelled = gt[..., 2] > 0
-        count = labelled.sum(axis=0)  # (P, 17)
-        mean_xy = (gt[..., :2] * labelled[..., None]).sum(axis=0) / np.maximum(count, 1)[..., None]
-        pose = np.concatenate([mean_xy, 2.0 * (count > 0)[..., None]], axis=-1) * (count > 0)[..., None]
-        return np.broadcast_to(pose, gt.shape).astype(np.float32)
-    return np.zeros_like(gt)
+    `Pooled` metrics of the modality re-estimated from the video (by a teacher, e.g. `dis_flow`)
+    with the control taken as the reference."""
+    return modality_scores(name, reestimated_raw, control_raw, **options)
 
 
 def mean_metrics(results: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Average per-clip metric dicts key by key, skipping NaN (a clip with nothing to measure)."""
+    """Average per-clip numbers key by key, skipping NaN. For the modality metrics use `pool`
+    instead: a per-clip mean is not the split's metric (see the module doc)."""
     results = list(results)
     keys = list(dict.fromkeys(k for r in results for k in r))
     out = {}

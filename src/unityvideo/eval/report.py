@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, features
 
-from unityvideo.eval.runner import EVAL_TASKS, baseline_kind, is_better
+from unityvideo.eval.compare import FRACTION_EFFECT, RELATIVE_EFFECT, is_better
+from unityvideo.eval.runner import EVAL_TASKS
 
 __all__ = ["write_report", "save_animation", "plot_loss_curve", "screenshot_report", "find_chromium"]
 
@@ -33,7 +34,6 @@ TASK_TITLES = {
     "joint": "Joint generation: caption → RGB + modality",
     "t2v": "Text to video: caption → RGB",
 }
-BASELINE_NAMES = {"trivial": "trivial baseline", "unrelated": "unrelated control", "reference": "GT video"}
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1200px;
@@ -144,18 +144,22 @@ def _fmt(value: float | None) -> str:
 
 def _table_html(rows: Sequence[Mapping]) -> str:
     head = ("<tr><th>task</th><th>modality</th><th>metric</th><th>model</th><th>baseline</th>"
-            "<th>baseline is</th><th>better?</th></tr>")
+            "<th>baseline is</th><th>gain, 95% CI</th><th>verdict</th><th>also shown</th></tr>")
     body = []
     for row in rows:
-        better = is_better(row)
-        css = {True: "better", False: "worse", None: ""}[better]
-        verdict = css or "–"
+        css = {True: "better", False: "worse", None: ""}[is_better(row)]
         arrow = "↑" if row["higher_is_better"] else "↓"
-        kind = BASELINE_NAMES[baseline_kind(row["task"], row["metric"])] if row["baseline"] is not None else "–"
+        metric = html.escape(row["metric"])
+        metric = f"<b>{metric}</b>" if row.get("primary") else metric
+        kind = "–" if row.get("baseline") is None else html.escape(
+            row["baseline_name"] + (" (oracle)" if row.get("baseline_oracle") else ""))
+        interval = "–" if not row.get("interval") else "{:+.3g} … {:+.3g}".format(*row["interval"])
+        refs = "; ".join(f"{html.escape(r['name'])}{' (oracle)' if r['oracle'] else ''} {_fmt(r['value'])}"
+                         for r in row.get("references", ())) or "–"
         body.append(f"<tr><td>{html.escape(row['task'])}</td><td>{html.escape(row['modality'])}</td>"
-                    f"<td>{html.escape(row['metric'])} {arrow}</td><td class=\"num {css}\">{_fmt(row['model'])}</td>"
-                    f"<td class=\"num\">{_fmt(row['baseline'])}</td><td>{kind}</td>"
-                    f"<td class=\"{css}\">{verdict}</td></tr>")
+                    f"<td>{metric} {arrow}</td><td class=\"num {css}\">{_fmt(row['model'])}</td>"
+                    f"<td class=\"num\">{_fmt(row.get('baseline'))}</td><td>{kind}</td><td class=\"num\">{interval}</td>"
+                    f"<td class=\"{css}\">{html.escape(row.get('verdict') or '–')}</td><td class=\"small\">{refs}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -195,9 +199,14 @@ def write_report(out_dir: str | Path, rows: Sequence[Mapping], videos: Sequence[
                      f'src="{html.escape(_local_copy(out_dir, loss_curve_png))}" alt="loss curve"></section>')
     plot_html = "".join(f'<img class="plot" src="{html.escape(_local_copy(out_dir, p))}" '
                         f'alt="{html.escape(Path(p).stem)}">' for p in plots)
-    parts.append('<section id="metrics"><h2>Metrics</h2><p class="small">Means over clips. Baselines: trivial '
-                 "(estimation: a prediction that knows only the clip's statistics), unrelated control (the same "
-                 "output scored against another clip's signal), GT video (quality proxies of the real clip). "
+    parts.append('<section id="metrics"><h2>Metrics</h2><p class="small">Every metric pooled over the clips; '
+                 "<b>bold</b>: the modality's primary metric. The baseline is the bar to beat: for estimation a "
+                 "prior fitted on the training split (never the clip's own ground truth), for control and joint "
+                 "generation the same output scored against an unrelated clip's signal. The gain's interval is a "
+                 "95% bootstrap over clips (positive = the model is better); the verdict is <i>better</i> only "
+                 f"when that interval lies above zero and the gain is at least {FRACTION_EFFECT:g} (fractions) or "
+                 f"{RELATIVE_EFFECT:.0%} of the baseline (errors). Also shown, never coloured: oracles, the "
+                 "encoding's ceiling and the real clips' quality proxies (a frozen video would beat them on SSIM). "
                  "Metrics prefixed dis_ use OpenCV's DIS flow as an independent teacher.</p>"
                  f"{plot_html}{_table_html(rows)}</section>")
     page = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

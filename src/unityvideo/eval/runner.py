@@ -5,25 +5,31 @@
 Four task families, each clip with a fixed seed (a function of (seed, clip index), so the numbers do
 not depend on the batch size):
 
-    estimate  RGB clip -> modality        modality metrics vs the ground truth;
-                                          baseline: `trivial_baseline` scored the same way
+    estimate  RGB clip -> modality        modality metrics vs the ground truth; the bar: a prior fitted
+                                          on the training split (`baselines.Prior`, not an oracle);
+                                          shown beside it: the trivial constant, the skeleton's oracle
+                                          mean pose and the encoding's ceiling (GT encoded + decoded)
     control   GT modality -> RGB          controllability: `control_agreement` of the control with the
                                           model's own re-estimate from the generated RGB (and, for flow,
-                                          with OpenCV's DIS flow of it: metrics prefixed `dis_`);
-                                          baseline: the same video scored against an unrelated clip's
+                                          with OpenCV's DIS flow of it: metrics prefixed `dis_`); the
+                                          bar: the same video scored against an unrelated clip's
                                           control. Plus quality proxies of the generated RGB.
     joint     caption -> RGB + modality   cross-modal consistency: the joint modality vs the model's
-                                          re-estimate from the joint RGB (flow also vs DIS); baseline:
+                                          re-estimate from the joint RGB (flow also vs DIS); the bar:
                                           the re-estimate against an unrelated clip's joint modality.
                                           Plus quality proxies.
     t2v       caption -> RGB              quality proxies: frame_ssim, motion_smoothness, warping_error
-                                          (along DIS flow); baseline: the same proxies of the GT video.
+                                          (along DIS flow), beside those of the GT videos (a
+                                          reference, not a bar: a frozen video has a perfect SSIM).
 
-A row is {"task", "modality", "metric", "model", "baseline", "higher_is_better"} (means over clips,
-NaN skipped; null where nothing was measurable or there is no baseline). `baseline_kind(task, metric)`
-says what the baseline is. Files written to out_dir: NAME.json (rows), NAME.md (a table), NAME.per_clip.json
-(settings + one entry per clip and metric), NAME.<task>.png (model vs baseline on the primary metrics),
-NAME.videos.json/.npz (the first clips' videos as pictures, for `report.write_report`).
+Every metric is pooled over the clips (`metrics.Pooled`). A row (`compare.compare_rows`) is {"task",
+"modality", "metric", "model", "baseline", "higher_is_better", "primary", "baseline_name",
+"baseline_oracle", "interval", "verdict", "references"}: the bar's value and name, the bootstrap
+interval of the improvement over it, the verdict (better / worse / tie, with a minimum effect) and
+the references shown beside it. Files written to out_dir: NAME.json (rows), NAME.md (a table),
+NAME.per_clip.json (settings + one entry per clip and metric), NAME.<task>.png (model vs bar on the
+primary metrics), NAME.videos.json/.npz (the first clips' videos as pictures, for
+`report.write_report`).
 """
 
 from __future__ import annotations
@@ -42,12 +48,13 @@ from unityvideo.data.manifest import ClipRecord, read_manifest
 from unityvideo.data.raw import RawReadError, load_raw
 from unityvideo.data.transforms import CropPlan, crop_raw
 from unityvideo.data.video import read_video
-from unityvideo.eval.metrics import (PRIMARY_METRIC, control_agreement, flow_metrics, modality_metrics,
-                                     trivial_baseline)
+from unityvideo.eval.baselines import Prior, estimate_baselines, prior_stats
+from unityvideo.eval.compare import DIS_PREFIX, Comparison, compare_rows, is_better
+from unityvideo.eval.metrics import PRIMARY_METRIC, Pooled, control_agreement, modality_scores
 from unityvideo.eval.quality import dis_flow, frame_ssim, motion_smoothness, warping_error
 from unityvideo.modalities import MODALITY_NAMES, canonical_name, default_max_flow, depth_near, get_modality
 
-__all__ = ["evaluate", "EVAL_TASKS", "HIGHER_IS_BETTER", "QUALITY_METRICS", "baseline_kind", "EvalClip",
+__all__ = ["evaluate", "EVAL_TASKS", "QUALITY_METRICS", "EvalClip",
            "load_eval_clips", "resolve_manifest", "aggregate", "write_results", "save_videos", "load_videos",
            "markdown_table", "plot_task", "is_better", "modality_counts", "describe_counts"]
 
@@ -55,32 +62,10 @@ log = logging.getLogger(__name__)
 
 EVAL_TASKS = ("estimate", "control", "joint", "t2v")
 QUALITY_METRICS = ("frame_ssim", "motion_smoothness", "warping_error")
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "abs_rel": False, "delta1": True, "epe": False, "fl_all": False, "miou": True, "fg_iou": True,
-    "pck@0.05": True, "pck@0.1": True, "part_miou": True, "uv_error": False,
-    "frame_ssim": True, "motion_smoothness": True, "warping_error": False,
-}
-DIS_PREFIX = "dis_"  # control/joint flow scored with the independent DIS teacher instead of the model
-
-
-def baseline_kind(task: str, metric: str) -> str:
-    """What a row's baseline is: 'trivial' (estimate), 'unrelated' (control/joint agreement with another
-    clip's signal) or 'reference' (the quality proxies of the ground-truth video)."""
-    if metric in QUALITY_METRICS:
-        return "reference"
-    return "trivial" if task == "estimate" else "unrelated"
-
-
-def higher_is_better(metric: str) -> bool:
-    return HIGHER_IS_BETTER[metric.removeprefix(DIS_PREFIX)]
-
-
-def is_better(row: dict) -> bool | None:
-    """Does the model beat the baseline in the metric's direction? None when either is missing."""
-    model, baseline = row.get("model"), row.get("baseline")
-    if model is None or baseline is None or model == baseline:
-        return None
-    return (model > baseline) == bool(row["higher_is_better"])
+UNRELATED = "unrelated clip's signal"   # the bar of control and joint
+REAL_CLIPS = "GT video"                 # the reference of the quality proxies
+CEILING = "encoding ceiling"            # GT through the modality's video encoding and back
+PRIOR_CLIPS = 64                        # training clips the estimation prior is fitted on
 
 
 # ----- clips with ground truth ----------------------------------------------------------------------
@@ -232,9 +217,12 @@ class _Session:
     clips: list[EvalClip]
     settings: _Settings
     progress: Any
+    prior: Prior | None = None                  # the estimation bar's prior (None: leave-one-out)
     per_clip: list[dict] = field(default_factory=list)
+    scored: dict[tuple[str, str], "_Scored"] = field(default_factory=dict)
     videos: list[dict] = field(default_factory=list)
-    _reference: dict[int, dict[str, float]] = field(default_factory=dict)
+    _reference: dict[int, dict[str, Pooled]] = field(default_factory=dict)
+    _prior_stats: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     # -- running the model --
 
@@ -272,12 +260,21 @@ class _Session:
 
     # -- recording --
 
-    def record(self, task: str, modality: str, clip: EvalClip, metrics: dict[str, float],
-               baseline: dict[str, float] | None) -> None:
-        for metric, value in metrics.items():
-            base = None if baseline is None else baseline.get(metric)
-            self.per_clip.append({"task": task, "modality": modality, "clip_id": clip.clip_id, "metric": metric,
-                                  "model": _finite(value), "baseline": _finite(base)})
+    def record(self, task: str, modality: str, clip: EvalClip, model: Mapping[str, Pooled],
+               comparisons: Sequence[Comparison] = ()) -> None:
+        """One clip's scores: the model's and, scored the same way, each comparison's (`scores` holds
+        this clip's dict only); per_clip.json gets the values."""
+        group = self.scored.setdefault((task, modality), _Scored())
+        group.add(model, comparisons)
+        bar = next((c for c in comparisons if c.bar), None)
+        for metric, score in model.items():
+            entry = {"task": task, "modality": modality, "clip_id": clip.clip_id, "metric": metric,
+                     "model": _finite(score.value)}
+            if bar is not None and metric in bar.scores[0]:
+                entry["baseline"] = _finite(bar.scores[0][metric].value)
+            entry |= {c.name: _finite(c.scores[0][metric].value) for c in comparisons
+                      if not c.bar and metric in c.scores[0]}
+            self.per_clip.append(entry)
 
     def keep(self, task: str, modality: str, clip: EvalClip, cells: list[tuple[str, np.ndarray]]) -> None:
         shown = sum(1 for v in self.videos if v["task"] == task and v["modality"] == modality)
@@ -285,14 +282,45 @@ class _Session:
             self.videos.append({"task": task, "modality": modality, "clip_id": clip.clip_id,
                                 "caption": clip.caption, "cells": [{"label": l, "frames": f} for l, f in cells]})
 
-    def reference_quality(self, clip: EvalClip) -> dict[str, float]:
+    def reference_quality(self, clip: EvalClip) -> Comparison:
+        """The quality proxies of the real clip: shown beside the generated video's, never a bar."""
         if clip.index not in self._reference:
             self._reference[clip.index] = video_quality(clip.rgb)
-        return self._reference[clip.index]
+        return Comparison(REAL_CLIPS, False, [self._reference[clip.index]], bar=False)
+
+    def prior_for(self, clip: EvalClip) -> Prior:
+        """The training split's prior, or the other evaluated clips' (leave-one-out) without one."""
+        if self.prior is not None:
+            return self.prior
+        if not self._prior_stats:
+            self._prior_stats = {c.index: prior_stats(c.raw) for c in self.clips}
+        everyone = Prior.fit(list(self._prior_stats.values()), "the evaluated clips")
+        return everyone.without(self._prior_stats[clip.index])
 
     def unrelated(self, clip: EvalClip) -> EvalClip | None:
         """Another clip (the next one), whose signals serve as the unrelated control."""
         return self.clips[(clip.index + 1) % len(self.clips)] if len(self.clips) > 1 else None
+
+
+@dataclass
+class _Scored:
+    """One (task, modality): the model's per-clip scores and each comparison's, aligned by clip."""
+
+    model: list[Mapping[str, Pooled]] = field(default_factory=list)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+
+    def add(self, model: Mapping[str, Pooled], comparisons: Sequence[Comparison]) -> None:
+        for c in comparisons:
+            group = self.comparisons.setdefault(c.name, Comparison(c.name, c.oracle, [{}] * len(self.model), c.bar))
+            group.scores.append(c.scores[0])
+        for name, group in self.comparisons.items():
+            if name not in {c.name for c in comparisons}:
+                group.scores.append({})
+        self.model.append(model)
+
+    def rows(self, task: str, modality: str) -> list[dict]:
+        primary = PRIMARY_METRIC.get(modality, (None,))[0]
+        return compare_rows(task, modality, self.model, list(self.comparisons.values()), primary)
 
 
 def _decode_hints(clip: EvalClip, modality: str | None) -> dict[str, Any]:
@@ -305,10 +333,12 @@ def _finite(value: Any) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def video_quality(frames: np.ndarray) -> dict[str, float]:
-    """The weight-free quality proxies of one video; warping error along its own DIS flow."""
-    return {"frame_ssim": frame_ssim(frames), "motion_smoothness": motion_smoothness(frames),
-            "warping_error": warping_error(frames, dis_flow(frames))}
+def video_quality(frames: np.ndarray) -> dict[str, Pooled]:
+    """The weight-free quality proxies of one video (each the clip's number, averaged over clips);
+    warping error along its own DIS flow."""
+    values = {"frame_ssim": frame_ssim(frames), "motion_smoothness": motion_smoothness(frames),
+              "warping_error": warping_error(frames, dis_flow(frames))}
+    return {k: Pooled.mean(v) for k, v in values.items()}
 
 
 def visualize(modality: str, raw: np.ndarray, clip: EvalClip) -> np.ndarray:
@@ -325,22 +355,54 @@ def encode_condition(modality: str, clip: EvalClip) -> np.ndarray:
 # ----- the four task families ------------------------------------------------------------------------
 
 
+def encoding_ceiling(modality: str, clip: EvalClip) -> np.ndarray:
+    """The ground truth through the modality's video encoding and back, decoded as estimates are:
+    the best any estimate can score (an oracle reference)."""
+    return get_modality(modality).decode(encode_condition(modality, clip), **_decode_hints(clip, modality))
+
+
 def run_estimate(session: _Session, modality: str) -> None:
     for batch in session.batches(modality):
         predictions = session.estimate(batch, modality, np.stack([c.rgb for c in batch]))
         for clip, pred in zip(batch, predictions):
             gt, options = clip.raw[modality], clip.metric_options(modality)
-            trivial = trivial_baseline(modality, gt, clip.rgb)
-            session.record("estimate", modality, clip, modality_metrics(modality, pred, gt, **options),
-                           modality_metrics(modality, trivial, gt, **options))
+            score = lambda raw: modality_scores(modality, raw, gt, **options)
+            comparisons = [Comparison(b.name, b.oracle, [score(b.prediction)], b.bar)
+                           for b in estimate_baselines(modality, session.prior_for(clip), gt)]
+            comparisons.append(Comparison(CEILING, True, [score(encoding_ceiling(modality, clip))], bar=False))
+            session.record("estimate", modality, clip, score(pred), comparisons)
             session.keep("estimate", modality, clip, [("GT RGB", clip.rgb),
                                                       (f"GT {modality}", visualize(modality, gt, clip)),
                                                       (f"estimated {modality}", visualize(modality, pred, clip))])
 
 
-def _flow_teacher(rgb: np.ndarray, flow: np.ndarray, valid: np.ndarray | None) -> dict[str, float]:
-    metrics = flow_metrics(dis_flow(rgb), flow, valid)
-    return {DIS_PREFIX + k: v for k, v in metrics.items()}
+def _flow_teacher(rgb: np.ndarray, flow: np.ndarray, valid: np.ndarray | None) -> dict[str, Pooled]:
+    scores = modality_scores("flow", dis_flow(rgb), flow, valid=valid)
+    return {DIS_PREFIX + k: v for k, v in scores.items()}
+
+
+def _agreement(modality: str, signal: np.ndarray, estimate: np.ndarray | None, rgb: np.ndarray,
+               valid: np.ndarray | None) -> dict[str, Pooled]:
+    """How well a generated video agrees with a signal: the model's re-estimate against it (when
+    there is one) and, for flow, DIS flow of the video against it."""
+    options = {"valid": valid} if modality == "flow" and valid is not None else {}
+    scores = control_agreement(modality, signal, estimate, **options) if estimate is not None else {}
+    if modality == "flow":
+        scores |= _flow_teacher(rgb, signal, valid)
+    return scores
+
+
+def _score_generated(session: _Session, task: str, modality: str, clip: EvalClip, rgb: np.ndarray,
+                     estimate: np.ndarray | None, signal: np.ndarray, unrelated: np.ndarray | None,
+                     valid: np.ndarray | None = None, unrelated_valid: np.ndarray | None = None) -> None:
+    """Control and joint: agreement with the clip's signal, the bar its agreement with an unrelated
+    one; quality proxies beside the real clip's."""
+    comparisons = [session.reference_quality(clip)]
+    if unrelated is not None:
+        comparisons.append(Comparison(UNRELATED, False, [_agreement(modality, unrelated, estimate, rgb,
+                                                                   unrelated_valid)]))
+    model = _agreement(modality, signal, estimate, rgb, valid) | video_quality(rgb)
+    session.record(task, modality, clip, model, comparisons)
 
 
 def run_control(session: _Session, modality: str, reestimate: bool) -> None:
@@ -350,18 +412,9 @@ def run_control(session: _Session, modality: str, reestimate: bool) -> None:
         estimates = session.estimate(batch, modality, generated) if reestimate else [None] * len(batch)
         for clip, rgb, estimate in zip(batch, generated, estimates):
             other = session.unrelated(clip)
-            model, baseline = {}, {}
-            if estimate is not None:
-                model = control_agreement(modality, clip.raw[modality], estimate, **clip.metric_options(modality))
-                if other is not None:
-                    baseline = control_agreement(modality, other.raw[modality], estimate,
-                                                 **other.metric_options(modality))
-            if modality == "flow":
-                model |= _flow_teacher(rgb, clip.raw["flow"], clip.flow_valid)
-                if other is not None:
-                    baseline |= _flow_teacher(rgb, other.raw["flow"], other.flow_valid)
-            session.record("control", modality, clip, model, baseline if other is not None else None)
-            session.record("control", modality, clip, video_quality(rgb), session.reference_quality(clip))
+            _score_generated(session, "control", modality, clip, rgb, estimate, clip.raw[modality],
+                             other.raw[modality] if other is not None else None, clip.flow_valid,
+                             other.flow_valid if other is not None else None)
             cells = [(f"control: {modality}", visualize(modality, clip.raw[modality], clip)), ("generated RGB", rgb)]
             if estimate is not None:
                 cells.append((f"re-estimated {modality}", visualize(modality, estimate, clip)))
@@ -380,18 +433,8 @@ def run_joint(session: _Session, modality: str, reestimate: bool) -> None:
         for clip, estimate in zip(batch, estimates):
             rgb, raw = generated[clip.index]
             other = session.unrelated(clip)
-            other_raw = generated[other.index][1] if other is not None else None
-            model, baseline = {}, {}
-            if estimate is not None:
-                model = control_agreement(modality, raw, estimate)
-                if other is not None:
-                    baseline = control_agreement(modality, other_raw, estimate)
-            if modality == "flow":
-                model |= _flow_teacher(rgb, raw, None)
-                if other is not None:
-                    baseline |= _flow_teacher(rgb, other_raw, None)
-            session.record("joint", modality, clip, model, baseline if other is not None else None)
-            session.record("joint", modality, clip, video_quality(rgb), session.reference_quality(clip))
+            _score_generated(session, "joint", modality, clip, rgb, estimate, raw,
+                             generated[other.index][1] if other is not None else None)
             cells = [("generated RGB", rgb), (f"generated {modality}", visualize(modality, raw, clip))]
             if estimate is not None:
                 cells.append((f"re-estimated {modality}", visualize(modality, estimate, clip)))
@@ -401,45 +444,57 @@ def run_joint(session: _Session, modality: str, reestimate: bool) -> None:
 def run_t2v(session: _Session) -> None:
     for batch in session.batches(None):
         for clip, rgb in zip(batch, session.run("t2v", batch, None).frames["rgb"]):
-            session.record("t2v", "rgb", clip, video_quality(rgb), session.reference_quality(clip))
+            session.record("t2v", "rgb", clip, video_quality(rgb), [session.reference_quality(clip)])
             session.keep("t2v", "rgb", clip, [("generated RGB", rgb), ("GT RGB (same caption)", clip.rgb)])
 
 
 # ----- aggregation and files -------------------------------------------------------------------------
 
 
-def aggregate(per_clip: Sequence[dict]) -> list[dict]:
-    """Mean over clips per (task, modality, metric), NaN/None skipped; rows in first-seen order."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for entry in per_clip:
-        groups.setdefault((entry["task"], entry["modality"], entry["metric"]), []).append(entry)
-
-    def mean(values: list) -> float | None:
-        values = [v for v in values if v is not None]
-        return float(np.mean(values)) if values else None
-
-    return [{"task": task, "modality": modality, "metric": metric,
-             "model": mean([e["model"] for e in entries]), "baseline": mean([e["baseline"] for e in entries]),
-             "higher_is_better": higher_is_better(metric)}
-            for (task, modality, metric), entries in groups.items()]
+def aggregate(scored: Mapping[tuple[str, str], _Scored]) -> list[dict]:
+    """The rows (`compare.compare_rows`) of every (task, modality), in the order they were run."""
+    return [row for (task, modality), group in scored.items() for row in group.rows(task, modality)]
 
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _bar_text(row: Mapping) -> str:
+    if row["baseline"] is None:
+        return "–"
+    return f"{_number(row['baseline'])} ({row['baseline_name']}{', oracle' if row['baseline_oracle'] else ''})"
+
+
+def _interval_text(row: Mapping) -> str:
+    return "–" if not row.get("interval") else "[{:+.3g}, {:+.3g}]".format(*row["interval"])
+
+
+def _references_text(row: Mapping) -> str:
+    return "; ".join(f"{r['name']}{' (oracle)' if r['oracle'] else ''} {_number(r['value'])}"
+                     for r in row.get("references", ())) or "–"
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
-    """task | modality | metric | model | baseline | better? — one line per row."""
-    lines = ["| task | modality | metric | model | baseline | better? |", "|---|---|---|---|---|---|"]
+    """One line per row: the model, the bar it has to beat (name; oracle?), the 95 % bootstrap
+    interval of the improvement (positive = better), the verdict and the references beside it."""
+    lines = ["| task | modality | metric | model | baseline | gain, 95% CI | verdict | also shown |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         arrow = "↑" if row["higher_is_better"] else "↓"
-        better = {True: "yes", False: "no", None: "–"}[is_better(row)]
-        baseline = _number(row["baseline"])
-        if row["baseline"] is not None:
-            baseline += f" ({baseline_kind(row['task'], row['metric'])})"
-        lines.append(f"| {row['task']} | {row['modality']} | {row['metric']} {arrow} | {_number(row['model'])} | "
-                     f"{baseline} | {better} |")
+        metric = f"**{row['metric']}**" if row.get("primary") else row["metric"]
+        lines.append(f"| {row['task']} | {row['modality']} | {metric} {arrow} | {_number(row['model'])} | "
+                     f"{_bar_text(row)} | {_interval_text(row)} | {row.get('verdict') or '–'} | "
+                     f"{_references_text(row)} |")
     return "\n".join(lines) + "\n"
+
+
+def comparison_value(row: Mapping) -> tuple[float | None, str | None]:
+    """What a row's model is shown against: its bar, or else its first reference (t2v: the GT video)."""
+    if row["baseline"] is not None:
+        return row["baseline"], row["baseline_name"]
+    refs = row.get("references") or []
+    return (refs[0]["value"], refs[0]["name"]) if refs else (None, None)
 
 
 def plot_rows(task: str, rows: Sequence[dict]) -> list[dict]:
@@ -461,11 +516,10 @@ def plot_task(task: str, rows: Sequence[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = {"trivial": "trivial baseline", "unrelated": "unrelated control", "reference": "GT video"}
-    baseline_label = names[baseline_kind(task, shown[0]["metric"])]
+    baseline_label = comparison_value(shown[0])[1] or "baseline"
     fig, axes = plt.subplots(1, len(shown), figsize=(0.4 + 1.45 * len(shown), 2.6), dpi=110, squeeze=False)
     for ax, row in zip(axes[0], shown):
-        values = [row["model"], row["baseline"]]
+        values = [row["model"], comparison_value(row)[0]]
         bars = ax.bar([0, 1], [v if v is not None else 0.0 for v in values], 0.7, color=["#3b6fb6", "#b0b0b0"])
         for bar, value in zip(bars, values):
             ax.annotate(_number(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
@@ -593,7 +647,7 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
              clips: int | None = None, steps: int = 30, guidance: float | None = None, seed: int = 0,
              estimate_steps: int | Mapping[str, int] | None = None, ensemble: int | Mapping[str, int] = 1,
              split: str | None = None, batch_size: int = 4, keep_videos: int = 2, device: str | None = None,
-             dtype: str = "float32", name: str = "results") -> list[dict]:
+             dtype: str = "float32", name: str = "results", prior_data: str | Path | None = None) -> list[dict]:
     """Run the benchmark and write its files (see the module doc); returns the metric rows.
 
     checkpoint_or_pipeline: a checkpoint folder or a UnityVideoPipeline. data_manifest: a dataset folder
@@ -607,7 +661,9 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
     ensemble: estimates per clip combined by `Modality.combine`, for estimation and the
     re-estimates that score control and joint; one size or per modality (unnamed: 1). Clips
     are cut to the checkpoint's frames and size (centre crop, no resize). device: None = cuda when
-    available.
+    available. prior_data: the dataset whose training split fits the estimation bar (`baselines.Prior`,
+    up to PRIOR_CLIPS clips; default the evaluation manifest's); without training rows the prior of
+    each clip is fitted on the other evaluated clips.
     """
     start = time.perf_counter()
     if steps < 1:
@@ -629,6 +685,8 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
         raise ValueError(f"{manifest}: none of the {len(records)} clips can be evaluated "
                          f"({next(iter(skipped.values()))})")
 
+    prior = fit_prior(resolve_manifest(prior_data) if prior_data else manifest, frames,
+                      tuple(eval_clips[0].rgb.shape[1:3]), modalities) if "estimate" in tasks else None
     pipe = _pipeline(checkpoint_or_pipeline, device, dtype)
     settings = _Settings(steps, estimate_steps, guidance, seed, max(1, batch_size), keep_videos,
                          _estimate_uses_caption(folder), ensemble)
@@ -637,7 +695,7 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
 
     units = _count_units(tasks, modalities, len(eval_clips), settings.batch_size, reestimate)
     with tqdm(total=units, desc="eval", unit="batch") as progress:
-        session = _Session(pipe, eval_clips, settings, progress)
+        session = _Session(pipe, eval_clips, settings, progress, prior)
         for task in tasks:
             for modality in ([None] if task == "t2v" else modalities):
                 progress.set_description(f"eval {task}" + (f" {modality}" if modality else ""))
@@ -649,14 +707,26 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
                     run_joint(session, modality, reestimate)
                 else:
                     run_t2v(session)
-    rows = aggregate(session.per_clip)
+    rows = aggregate(session.scored)
     info = {"checkpoint": str(folder) if folder else None, "step": getattr(spec, "step", None),
             "data": str(manifest), "clips": [c.clip_id for c in eval_clips], "skipped": skipped,
             "tasks": tasks, "modalities": modalities, "frames": frames, "size": list(eval_clips[0].rgb.shape[1:3]),
             "steps": steps, "estimate_steps": estimate_steps, "ensemble": ensemble, "guidance": guidance, "seed": seed, "estimate_caption": settings.estimate_caption,
+            "prior": prior.source if prior else "leave-one-out over the evaluated clips",
             "wall_s": round(time.perf_counter() - start, 2)}
     write_results(Path(out_dir), rows, session.per_clip, info, session.videos, name)
     return rows
+
+
+def fit_prior(manifest: Path, frames: int, size: tuple[int, int], modalities: Sequence[str],
+              clips: int = PRIOR_CLIPS) -> Prior | None:
+    """The estimation bar's prior, fitted on the first `clips` training rows of `manifest` with raw
+    ground truth, cut like the evaluated clips; None when it has no such rows."""
+    records = [r for r in read_manifest(manifest) if r.raw is not None and r.split == "train"][:clips]
+    train, _ = load_eval_clips(records, frames, size, modalities) if records else ([], {})
+    if not train:
+        return None
+    return Prior.fit([prior_stats(c.raw) for c in train], f"training split of {manifest.parent.name}")
 
 
 def _count_units(tasks, modalities, n_clips, batch_size, reestimate) -> int:
