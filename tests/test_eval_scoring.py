@@ -235,3 +235,35 @@ def test_the_skeleton_encoding_keeps_the_scored_joints_of_one_person_at_64_px():
         gt = generate_clip(0, "test", index, frames=4, size=(H, W), config=WorldConfig(persons=(1, 1))).skeleton
         scores.append(modality_scores("skeleton", skeleton.decode(skeleton.encode(gt, size=(H, W))), gt))
     assert pool(scores)["pck@0.1"] >= 0.95
+
+
+# ----- the scoring benchmarks ------------------------------------------------------------------------
+
+
+def test_floor_benchmark_scores_bars_oracle_and_ceiling_without_a_model(world, tmp_path, capsys):
+    from test_benchmarks import load
+
+    out = tmp_path / "floors.json"
+    load("estimate_floors").main(["--data", str(world), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["clips"] == 3 and result["prior"].startswith("training split")
+    skeleton = result["modalities"]["skeleton"]
+    assert set(skeleton) == {"train mean pose", "no person", "GT people at their mean pose (oracle)",
+                             "encoding ceiling"}
+    assert skeleton["no person"]["pooled"]["pck@0.1"] == 0.0
+    assert result["modalities"]["densepose"]["empty IUV"]["pooled"]["part_miou"] == 0.0
+    assert result["modalities"]["depth"]["encoding ceiling"]["pooled"]["abs_rel"] < 0.01
+    assert "| skeleton | encoding ceiling |" in capsys.readouterr().out
+
+
+def test_estimate_mode_table_reports_both_modes_with_their_verdicts():
+    from test_benchmarks import load
+
+    row = {"modality": "flow", "metric": "epe", "baseline": 0.5, "baseline_name": "zero flow",
+           "higher_is_better": False}
+    results = [{"mode": mode, "seed": seed, "train_s": 10.0, "eval_s": 2.0,
+                "rows": [{**row, "model": value, "verdict": verdict}]}
+               for mode, seed, value, verdict in [("generative", 0, 0.6, "worse"), ("generative", 1, 0.5, "tie"),
+                                                  ("one_step", 0, 0.3, "better"), ("one_step", 1, 0.2, "better")]]
+    text = load("estimate_modes").table(results)
+    assert "| flow | epe ↓ | 0.500 (zero flow) | 0.550 ± 0.050 (worse/tie) | 0.250 ± 0.050 (better/better) |" in text

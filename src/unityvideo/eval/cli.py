@@ -24,6 +24,9 @@ def register(subparsers) -> None:
                    help="modalities to evaluate (default: those the checkpoint learned)")
     p.add_argument("--clips", type=int, default=16, help="number of clips (default 16; 0 = all)")
     p.add_argument("--split", default=None, help="manifest split (default: test when present, else all rows)")
+    p.add_argument("--prior-data", type=Path, default=None,
+                   help="dataset whose training split fits the estimation baselines (default: --data's; "
+                        "without training rows each clip's prior is fitted on the other evaluated clips)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     p.add_argument("--estimate-steps", nargs="+", default=None, metavar="N | M=N",
                    help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                     ensemble=1 if ensemble is None else ensemble,
                     guidance=args.guidance, seed=args.seed,
                     split=args.split, batch_size=args.batch_size, keep_videos=args.keep_videos,
-                    device=args.device, dtype=args.dtype, name=name)
+                    device=args.device, dtype=args.dtype, name=name, prior_data=args.prior_data)
     print(f"wrote {len(rows)} metric rows to {args.out} (table: {out_dir / (name + '.md')})")
     if not args.no_report:
         from unityvideo.eval.report import report_from_results

@@ -712,6 +712,7 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
             "data": str(manifest), "clips": [c.clip_id for c in eval_clips], "skipped": skipped,
             "tasks": tasks, "modalities": modalities, "frames": frames, "size": list(eval_clips[0].rgb.shape[1:3]),
             "steps": steps, "estimate_steps": estimate_steps, "ensemble": ensemble, "guidance": guidance, "seed": seed, "estimate_caption": settings.estimate_caption,
+            "estimate_mode": getattr(pipe, "estimate_mode", "generative"),
             "prior": prior.source if prior else "leave-one-out over the evaluated clips",
             "wall_s": round(time.perf_counter() - start, 2)}
     write_results(Path(out_dir), rows, session.per_clip, info, session.videos, name)
