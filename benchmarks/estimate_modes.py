@@ -28,13 +28,13 @@ MODES = {"generative": ("generative", {}), "one_step": ("one_step", {}),
 
 
 def mode_config(out: Path, mode: str, seed: int, steps: int, lr_scale: float, clips: int, batch: int):
-    from unityvideo.demo import demo_config
+    from unityvideo.demo import FINE_TUNE_LR_SCALE, demo_config
 
     config = demo_config(out, from_scratch=False, steps=steps, preset=None, train_clips=clips, test_clips=8,
                          seed=seed)
     config.routing.estimate_mode, config.routing.estimate_loss = MODES[mode]
-    config.optim.lr *= lr_scale / 0.2  # demo_config fine-tunes at 0.2 of the recipe's rates
-    config.optim.unity_lr *= lr_scale / 0.2
+    config.optim.lr *= lr_scale / FINE_TUNE_LR_SCALE  # from the demo's fine-tune rates to lr_scale of the recipe's
+    config.optim.unity_lr *= lr_scale / FINE_TUNE_LR_SCALE
     config.train.batch_size = batch
     config.train.eval_every = steps
     config.validate()

@@ -23,6 +23,7 @@ from unityvideo.assets import DEFAULT_CHECKPOINT
 # them combined beat 4; for the other modalities 16 buy nothing over 4.
 DEFAULT_ESTIMATE_STEPS = {"depth": 16, "flow": 1, "segmentation": 1, "skeleton": 4, "densepose": 4}
 DEFAULT_ENSEMBLE = {"depth": 4, "flow": 16, "segmentation": 4, "skeleton": 4, "densepose": 4}
+FINE_TUNE_LR_SCALE = 0.2  # the fine-tune's learning rates, as a fraction of the shipped recipe's
 ALL_MODALITIES = {"depth": 1.0, "flow": 1.0, "densepose": 1.0, "segmentation": 1.0, "skeleton": 1.0}
 
 
@@ -81,8 +82,8 @@ def demo_config(out: Path, from_scratch: bool, steps: int, preset: str | None, t
         config.model.init = str(DEFAULT_CHECKPOINT)
         config.stages = [type(last)(name="fine-tune", steps=steps, modalities=dict(ALL_MODALITIES), tasks=last.tasks)]
         config.optim.warmup_steps = max(1, steps // 10)
-        config.optim.lr *= 0.2
-        config.optim.unity_lr = (config.optim.unity_lr or config.optim.lr) * 0.2
+        config.optim.lr *= FINE_TUNE_LR_SCALE
+        config.optim.unity_lr = (config.optim.unity_lr or config.optim.lr) * FINE_TUNE_LR_SCALE
     train = config.train
     # A fine-tune's validation curve needs only its ends; each pass scores every task on the held-out clips.
     train.eval_every = max(1, steps // 4) if from_scratch else steps

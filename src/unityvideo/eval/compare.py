@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from unityvideo.eval.metrics import HIGHER_IS_BETTER, Pooled
+from unityvideo.eval.metrics import HIGHER_IS_BETTER, Pooled, pool
 
 __all__ = ["Comparison", "compare_rows", "bootstrap_improvement", "verdict", "min_effect", "is_better",
            "higher_is_better", "FRACTION_EFFECT", "RELATIVE_EFFECT", "BOOTSTRAP_RESAMPLES"]
@@ -109,18 +109,9 @@ def is_better(row: Mapping) -> bool | None:
     return {"better": True, "worse": False}.get(row.get("verdict"))
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def _pooled(scores: Sequence[Mapping[str, Pooled]], metric: str) -> float | None:
-    totals = [s[metric] for s in scores if metric in s]
-    if not totals:
-        return None
-    total = totals[0]
-    for score in totals[1:]:
-        total = total + score
-    return _finite(total.value)
+def _pooled(scores: Sequence[Mapping[str, Pooled]]) -> dict[str, float | None]:
+    """Every metric of `scores` pooled over the clips; None where nothing was measurable."""
+    return {k: float(v) if np.isfinite(v) else None for k, v in pool(scores).items()}
 
 
 def compare_rows(task: str, modality: str, model: Sequence[Mapping[str, Pooled]],
@@ -131,11 +122,11 @@ def compare_rows(task: str, modality: str, model: Sequence[Mapping[str, Pooled]]
     if len(bars) > 1:
         raise ValueError(f"{task} {modality}: one baseline to beat per row, got {[c.name for c in bars]}")
     bar = bars[0] if bars else None
-    metrics = list(dict.fromkeys(k for clip in model for k in clip))
+    values, bar_values = _pooled(model), _pooled(bar.scores) if bar else {}
+    references = [(c, _pooled(c.scores)) for c in comparisons if not c.bar]
     rows = []
-    for metric in metrics:
-        value = _pooled(model, metric)
-        base = _pooled(bar.scores, metric) if bar else None
+    for metric, value in values.items():
+        base = bar_values.get(metric)
         interval = bootstrap_improvement(model, bar.scores, metric) if bar and base is not None else None
         rows.append({
             "task": task, "modality": modality, "metric": metric, "model": value, "baseline": base,
@@ -144,7 +135,7 @@ def compare_rows(task: str, modality: str, model: Sequence[Mapping[str, Pooled]]
             "baseline_oracle": bar.oracle if base is not None else None,
             "interval": list(interval) if interval else None,
             "verdict": verdict(metric, value, base, interval),
-            "references": [{"name": c.name, "oracle": c.oracle, "value": _pooled(c.scores, metric)}
-                           for c in comparisons if not c.bar and any(metric in s for s in c.scores)],
+            "references": [{"name": c.name, "oracle": c.oracle, "value": pooled[metric]}
+                           for c, pooled in references if metric in pooled],
         })
     return rows

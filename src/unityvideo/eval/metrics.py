@@ -279,7 +279,7 @@ def _skeleton_scores(pred_keypoints: np.ndarray, gt_keypoints: np.ndarray,
     the GT person's box size (`person_box_size`), joints pooled over the split. Scored over
     `PCK_JOINTS` (COCO's nose and 12 body joints; pck17@0.1 over all 17): the eyes and ears lie within
     a pixel or two of the nose at the sizes a video model works at, where no picture keeps them apart
-    (docs/demo.md measures the encoding's ceiling), and body-joint sets without them are the MPII /
+    (docs/metrics.md measures the encoding's ceiling), and body-joint sets without them are the MPII /
     LSP convention.
 
     Persons are paired per frame by the Hungarian method on the mean over the GT person's labelled

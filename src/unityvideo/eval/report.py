@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, features
 
 from unityvideo.eval.compare import FRACTION_EFFECT, RELATIVE_EFFECT, is_better
-from unityvideo.eval.runner import EVAL_TASKS
+from unityvideo.eval.runner import EVAL_TASKS, bar_text, interval_text, references_text
 
 __all__ = ["write_report", "save_animation", "plot_loss_curve", "screenshot_report", "find_chromium"]
 
@@ -144,22 +144,19 @@ def _fmt(value: float | None) -> str:
 
 def _table_html(rows: Sequence[Mapping]) -> str:
     head = ("<tr><th>task</th><th>modality</th><th>metric</th><th>model</th><th>baseline</th>"
-            "<th>baseline is</th><th>gain, 95% CI</th><th>verdict</th><th>also shown</th></tr>")
+            "<th>gain, 95% CI</th><th>verdict</th><th>also shown</th></tr>")
     body = []
     for row in rows:
         css = {True: "better", False: "worse", None: ""}[is_better(row)]
         arrow = "↑" if row["higher_is_better"] else "↓"
         metric = html.escape(row["metric"])
         metric = f"<b>{metric}</b>" if row.get("primary") else metric
-        kind = "–" if row.get("baseline") is None else html.escape(
-            row["baseline_name"] + (" (oracle)" if row.get("baseline_oracle") else ""))
-        interval = "–" if not row.get("interval") else "{:+.3g} … {:+.3g}".format(*row["interval"])
-        refs = "; ".join(f"{html.escape(r['name'])}{' (oracle)' if r['oracle'] else ''} {_fmt(r['value'])}"
-                         for r in row.get("references", ())) or "–"
         body.append(f"<tr><td>{html.escape(row['task'])}</td><td>{html.escape(row['modality'])}</td>"
                     f"<td>{metric} {arrow}</td><td class=\"num {css}\">{_fmt(row['model'])}</td>"
-                    f"<td class=\"num\">{_fmt(row.get('baseline'))}</td><td>{kind}</td><td class=\"num\">{interval}</td>"
-                    f"<td class=\"{css}\">{html.escape(row.get('verdict') or '–')}</td><td class=\"small\">{refs}</td></tr>")
+                    f"<td class=\"num\">{html.escape(bar_text(row))}</td>"
+                    f"<td class=\"num\">{html.escape(interval_text(row))}</td>"
+                    f"<td class=\"{css}\">{html.escape(row.get('verdict') or '–')}</td>"
+                    f"<td class=\"small\">{html.escape(references_text(row))}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 

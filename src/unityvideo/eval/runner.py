@@ -56,7 +56,7 @@ from unityvideo.modalities import MODALITY_NAMES, canonical_name, default_max_fl
 
 __all__ = ["evaluate", "EVAL_TASKS", "QUALITY_METRICS", "EvalClip",
            "load_eval_clips", "resolve_manifest", "aggregate", "write_results", "save_videos", "load_videos",
-           "markdown_table", "plot_task", "is_better", "modality_counts", "describe_counts"]
+           "markdown_table", "bar_text", "interval_text", "references_text", "plot_task", "is_better", "modality_counts", "describe_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,7 @@ class _Session:
     videos: list[dict] = field(default_factory=list)
     _reference: dict[int, dict[str, Pooled]] = field(default_factory=dict)
     _prior_stats: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    _all_clips_prior: Prior | None = None
 
     # -- running the model --
 
@@ -292,10 +293,10 @@ class _Session:
         """The training split's prior, or the other evaluated clips' (leave-one-out) without one."""
         if self.prior is not None:
             return self.prior
-        if not self._prior_stats:
+        if self._all_clips_prior is None:
             self._prior_stats = {c.index: prior_stats(c.raw) for c in self.clips}
-        everyone = Prior.fit(list(self._prior_stats.values()), "the evaluated clips")
-        return everyone.without(self._prior_stats[clip.index])
+            self._all_clips_prior = Prior.fit(list(self._prior_stats.values()), "the evaluated clips")
+        return self._all_clips_prior.without(self._prior_stats[clip.index])
 
     def unrelated(self, clip: EvalClip) -> EvalClip | None:
         """Another clip (the next one), whose signals serve as the unrelated control."""
@@ -460,17 +461,17 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _bar_text(row: Mapping) -> str:
+def bar_text(row: Mapping) -> str:
     if row["baseline"] is None:
         return "–"
     return f"{_number(row['baseline'])} ({row['baseline_name']}{', oracle' if row['baseline_oracle'] else ''})"
 
 
-def _interval_text(row: Mapping) -> str:
+def interval_text(row: Mapping) -> str:
     return "–" if not row.get("interval") else "[{:+.3g}, {:+.3g}]".format(*row["interval"])
 
 
-def _references_text(row: Mapping) -> str:
+def references_text(row: Mapping) -> str:
     return "; ".join(f"{r['name']}{' (oracle)' if r['oracle'] else ''} {_number(r['value'])}"
                      for r in row.get("references", ())) or "–"
 
@@ -484,8 +485,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         arrow = "↑" if row["higher_is_better"] else "↓"
         metric = f"**{row['metric']}**" if row.get("primary") else row["metric"]
         lines.append(f"| {row['task']} | {row['modality']} | {metric} {arrow} | {_number(row['model'])} | "
-                     f"{_bar_text(row)} | {_interval_text(row)} | {row.get('verdict') or '–'} | "
-                     f"{_references_text(row)} |")
+                     f"{bar_text(row)} | {interval_text(row)} | {row.get('verdict') or '–'} | "
+                     f"{references_text(row)} |")
     return "\n".join(lines) + "\n"
 
 
