@@ -6,6 +6,8 @@ SIGTERM, torchrun) start subprocesses and are marked slow.
 
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from unityvideo.models import UnityVideoTransformer
 from unityvideo.models.checkpoint import load_checkpoint_spec
 from unityvideo.training import NonFiniteLossError, load_config, train
 from unityvideo.training import trainer as trainer_module
+from unityvideo.training.checkpoint import LATEST as LATEST_FILE
 from unityvideo.training.checkpoint import find_checkpoint
 from unityvideo.training.config import dump_config
 from unityvideo.training.data import StepBatches
@@ -191,15 +194,73 @@ def test_nan_step_is_skipped_and_counted(small_config, tmp_path):
     rows = {r["step"]: r for r in read_metrics(run) if r["kind"] == "train"}
     assert rows[3]["skipped"] and rows[3]["nonfinite_total"] == 1 and rows[3]["loss"] == "nan"
     assert not rows[4]["skipped"]
-    before, after = checkpoint_tensors(run, 2), checkpoint_tensors(run, 3)
-    model_keys = [k for k in before if k.startswith("/model/")]
-    assert all(torch.equal(before[k], after[k]) for k in model_keys)  # the skipped step changed nothing
+    # no checkpoint straight after a non-finite step: the state that produced it is suspect
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000001", "step-000002",
+                                                                           "step-000004"]
 
 
 def test_too_many_nan_steps_abort_with_a_clear_message(small_config, tmp_path):
     with pytest.raises(NonFiniteLossError, match="non-finite steps in a row.*max_nonfinite=2"):
         train(config_for(small_config, tmp_path / "run", "train.nan_steps=[0, 1, 2, 3]", "train.max_nonfinite=2",
                          "train.eval_every=0"))
+
+
+def test_a_nan_streak_never_replaces_the_last_good_checkpoint(small_config, tmp_path):
+    """Steps 4-6 non-finite with keep_checkpoints=1: nothing is written during the streak, the
+    checkpoint written just before it (step 4, the weights that produced the first NaN) does not prune
+    the one before, and the abort names that one and points --resume at it."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"last good checkpoint is .*step-000003") as err:
+        train(config_for(small_config, run_dir, "train.nan_steps=[4, 5, 6, 7]", "train.max_nonfinite=2",
+                         "train.checkpoint_every=1", "train.keep_checkpoints=1", "train.eval_every=0"))
+    assert "--resume" in str(err.value)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-000003", "step-000004"]
+    assert find_checkpoint(run_dir).name == "step-000003"
+    assert all(torch.isfinite(t).all() for t in checkpoint_tensors(run_dir, 3).values())
+
+
+def test_checkpoint_every_zero_saves_once_at_the_end(small_config, tmp_path):
+    run = train(config_for(small_config, tmp_path / "run", "train.checkpoint_every=0", "train.eval_every=0",
+                           "stages.0.steps=2", "stages.1.steps=1"))
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-000003"]
+    assert (run / "export" / "unityvideo.json").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=.nan", "optim.lr=nan must be a finite number"),
+    ("optim.lr=-1", r"optim.lr=-1.0 must be > 0"),
+    ("optim.ema_decay=1", "optim.ema_decay=1.0 must be < 1"),
+    ("optim.betas=[0.9, 1.5]", r"optim.betas\[1\]=1.5 must be < 1"),
+    ("train.log_every=0", "train.log_every=0 must be >= 1"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every=-1 must be >= 0"),
+    ("train.eval_timesteps=[0, 0.5]", "train.eval_timesteps=0.0 must be > 0"),
+    ("data.size=[0, 0]", r"data.size\[0\]=0 must be >= 1"),
+    ("data.world.fps=0", "data.world.fps=0 must be >= 1"),
+    ("routing.timesteps.shift=-1", "routing.timesteps: .*shift .*positive"),
+])
+def test_every_number_of_a_config_is_checked(small_config, override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(small_config, [override])
+
+
+def test_bad_clips_are_reported_once_each_and_totalled(small_config, reference_run, tmp_path, caplog):
+    """Two broken clips of a manifest: one warning each (not one per stream dataset that meets
+    them), and the totals by reason at the end of the run and in metrics.jsonl."""
+    world = next((Path(yaml.safe_load(small_config.read_text())["data"]["world"]["cache"])).glob("*/manifest.csv")).parent
+    data = tmp_path / "world"
+    shutil.copytree(world, data)
+    (data / "clips" / "train-00001" / "rgb.mp4").unlink()
+    (data / "clips" / "train-00002" / "depth.mkv").write_bytes(b"not a video")
+    caplog.set_level("WARNING")
+    run = train(config_for(small_config, tmp_path / "run", f"data.manifest={data / 'manifest.csv'}", "data.world=null",
+                           "train.eval_every=0", "stages.0.steps=3", "stages.1.steps=1"))
+    skipping = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping clip")]
+    assert len(skipping) == 2 and any("train-00001" in m and "missing_file" in m for m in skipping)
+    assert any("train-00002" in m and "corrupt_video" in m for m in skipping)
+    assert any("skipped 2 of" in r.getMessage() for r in caplog.records)
+    row = next(r for r in read_metrics(run) if r["kind"] == "data")
+    assert row["skipped_clips"] == 2
+    assert row["skipped_clips/missing_file"] == 1 and row["skipped_clips/corrupt_video"] == 1
 
 
 def test_latent_cache_is_filled_then_used(small_config, tmp_path):
@@ -297,20 +358,44 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.01)
 
 
+@pytest.fixture(scope="module")
+def shipped_recipe(tmp_path_factory) -> Path:
+    """configs/tiny-world.yaml (pixel2 codec, per-stream latent norm, the curriculum, EMA) on a tiny
+    world, a checkpoint every step: the recipe the shipped model was trained with, made small."""
+    root = tmp_path_factory.mktemp("shipped")
+    config = yaml.safe_load((ROOT / "configs" / "tiny-world.yaml").read_text())
+    config["data"].update(world={"clips": 8, "val_clips": 2, "frames": 4, "size": [16, 16], "seed": 0, "fps": 8,
+                                 "cache": str(root / "worlds")}, frames=4, size=[16, 16])
+    config["model"]["overrides"]["num_layers"] = 2
+    for stage in config["stages"]:
+        stage["steps"] = 4
+    config["train"].update(batch_size=4, eval_every=4, checkpoint_every=1, log_every=1, progress=False)
+    path = root / "tiny-world-small.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(small_config, reference_run, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(cli(small_config, run_dir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for(run_dir / "checkpoints" / "step-000004", proc)
-    proc.kill()  # SIGKILL: no handler, no final checkpoint
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = find_checkpoint(run_dir).name
-    assert killed_at < f"step-{STEPS:06d}"
-    subprocess.run(cli(small_config, run_dir, "--resume"), env=env(), check=True, capture_output=True)
-    assert max_difference(weights(run_dir / "export"), weights(reference_run / "export")) <= 1e-6
-    assert max_difference(checkpoint_tensors(run_dir, STEPS), checkpoint_tensors(reference_run, STEPS)) <= 1e-6
-    assert losses(run_dir) == losses(reference_run)  # one history, no duplicated steps
+def test_sigkill_anywhere_then_resume_is_bit_identical_with_the_shipped_recipe(shipped_recipe, tmp_path):
+    """Killed three times at random moments (a checkpoint is written every step, so some kills land
+    inside a save), resumed each time: the final weights, optimizer state and loss history are
+    bit-identical to an uninterrupted run's."""
+    reference = tmp_path / "reference"
+    subprocess.run(cli(shipped_recipe, reference), env=env(), check=True, capture_output=True)
+    run_dir, chance = tmp_path / "run", random.Random(0)
+    for kill in range(3):
+        proc = subprocess.Popen(cli(shipped_recipe, run_dir, *(["--resume"] if kill else [])), env=env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(run_dir / "checkpoints" / LATEST_FILE, proc)
+        time.sleep(chance.uniform(0.0, 2.0))
+        proc.kill()
+        proc.wait()
+        find_checkpoint(run_dir)  # whatever the moment, a complete checkpoint is there to resume
+    subprocess.run(cli(shipped_recipe, run_dir, "--resume"), env=env(), check=True, capture_output=True)
+    assert max_difference(weights(run_dir / "export"), weights(reference / "export")) == 0.0
+    steps = 2 * 4
+    assert max_difference(checkpoint_tensors(run_dir, steps), checkpoint_tensors(reference, steps)) == 0.0
+    assert losses(run_dir) == losses(reference)
 
 
 @pytest.mark.slow

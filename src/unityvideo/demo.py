@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from unityvideo.assets import DEFAULT_CHECKPOINT
+from unityvideo.cli_args import integer
 
 # Denoising steps and ensemble size (estimates combined per clip, Modality.combine) of each modality's
 # estimate, chosen on held-out clips of another world seed (docs/demo.md): depth keeps improving up to 16
@@ -37,12 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--from-scratch", action="store_true",
                    help="train a fresh model with the shipped recipe's curriculum instead of fine-tuning the "
                         "shipped checkpoint")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=integer(1), default=None,
                    help="training steps (default: 60 fine-tuning, 600 from scratch)")
     p.add_argument("--preset", default=None, help="model preset for --from-scratch (default: the shipped one, tiny)")
-    p.add_argument("--train-clips", type=int, default=64, help="world clips to train on (default 64)")
-    p.add_argument("--test-clips", type=int, default=8, help="held-out clips to evaluate (default 8)")
-    p.add_argument("--eval-steps", type=int, default=16, help="denoising steps per generation (default 16)")
+    p.add_argument("--train-clips", type=integer(1), default=64, help="world clips to train on (default 64)")
+    p.add_argument("--test-clips", type=integer(1), default=8, help="held-out clips to evaluate (default 8)")
+    p.add_argument("--eval-steps", type=integer(1), default=16, help="denoising steps per generation (default 16)")
     p.add_argument("--estimate-steps", nargs="+", default=None, metavar="N | M=N",
                    help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
                         "others take --eval-steps); 1 = the x0 prediction from noise. Default: " +

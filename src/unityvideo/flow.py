@@ -91,8 +91,9 @@ class TimestepSampler:
     def __post_init__(self) -> None:
         if self.kind not in TIMESTEP_SAMPLERS:
             raise ValueError(f"timesteps.kind={self.kind!r}; choose one of {TIMESTEP_SAMPLERS}")
-        if self.std <= 0 or self.shift <= 0:
-            raise ValueError(f"timesteps: std ({self.std}) and shift ({self.shift}) must be positive")
+        if not (math.isfinite(self.mean) and 0 < self.std < math.inf and 0 < self.shift < math.inf):
+            raise ValueError(f"routing.timesteps: mean ({self.mean}) must be finite, std ({self.std}) and shift "
+                             f"({self.shift}) finite and positive")
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.kind == "uniform":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unityvideo.assets import DEFAULT_CHECKPOINT
+from unityvideo.cli_args import integer, number
 
 if TYPE_CHECKING:
     from unityvideo.pipeline import StreamPlan
@@ -42,25 +43,25 @@ def register(subparsers) -> None:
     p.add_argument("--input", nargs="+", action="extend", default=[], type=Path, metavar="VIDEO",
                    help="control: one modality video per --modality; estimate: the RGB video")
     p.add_argument("--out", type=Path, required=True, help="output video path (.mp4 or .mkv)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--steps", type=integer(1), default=50, help="denoising steps (default 50)")
+    p.add_argument("--guidance", type=number(0), default=None,
                    help="text guidance scale (default 5 for t2v/joint/control, 1 = off for estimate)")
-    p.add_argument("--modality-guidance", type=float, default=None,
+    p.add_argument("--modality-guidance", type=number(0), default=None,
                    help="guidance on the condition streams for control/estimate (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+    p.add_argument("--ensemble", type=integer(1), default=1, metavar="K",
                    help="estimate: combine K estimates (per-pixel median of depth and flow, vote of DensePose "
                         "parts, the most typical segmentation / skeleton); K times the work (default 1)")
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=integer(1), default=None,
                    help="frames (default: all frames of the inputs, else the checkpoint's)")
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    p.add_argument("--size", type=integer(1), nargs=2, default=None, metavar=("H", "W"),
                    help="frame size (default: the inputs' size, else the checkpoint's); inputs are resized "
                    "and centre-cropped to it")
     p.add_argument("--cache-condition", action="store_true",
                    help="control / estimate: compute the condition stream once, not every step (needs a model "
                         "trained with condition_isolation)")
     p.add_argument("--scheduler", default="euler", help="euler (flow-matching Euler) | unipc (default euler)")
-    p.add_argument("--shift", type=float, default=None, help="timestep shift (default: the checkpoint's)")
+    p.add_argument("--shift", type=number(0, open_low=True), default=None, help="timestep shift (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="float32", help=f"transformer dtype: {' | '.join(DTYPES)} (default float32)")
     p.set_defaults(func=run)

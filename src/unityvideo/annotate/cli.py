@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unityvideo.cli_args import integer, number
+
 TEACHER_HELP = {
     "depth": "local transformers depth-estimation folder (Depth Anything V1/V2, DPT, ZoeDepth); no built-in",
     "flow": "'dis' (default, OpenCV, no weights), 'dis-fast', 'dis-ultrafast', RAFT weights "
@@ -37,17 +39,17 @@ def register(subparsers) -> None:
                    "or stem); videos without one get an empty caption and a warning")
     for name, text in TEACHER_HELP.items():
         p.add_argument(f"--{name}-model", dest=f"{name}_model", default=None, metavar="PATH", help=text)
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=integer(1), default=None,
                    help="cut videos into clips of this many frames (default: each video is one clip)")
-    p.add_argument("--stride", type=int, default=None, help="frames between clip starts (default: --frames)")
-    p.add_argument("--step", type=int, default=1, help="keep every step-th frame (default 1)")
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    p.add_argument("--stride", type=integer(1), default=None, help="frames between clip starts (default: --frames)")
+    p.add_argument("--step", type=integer(1), default=1, help="keep every step-th frame (default 1)")
+    p.add_argument("--size", type=integer(1), nargs=2, default=None, metavar=("H", "W"),
                    help="resize frames to H W before annotating (default: keep the video's size)")
     p.add_argument("--split", default="train", help="split column of the manifest (default train)")
-    p.add_argument("--flow-max", type=float, default=None,
+    p.add_argument("--flow-max", type=number(0, open_low=True), default=None,
                    help="flow encoding range in pixels (default max(H, W) / 8, the world's)")
     p.add_argument("--device", default=None, help="torch device of model teachers (default cuda if available)")
-    p.add_argument("--max-clips", type=int, default=None, help="stop after this many clips")
+    p.add_argument("--max-clips", type=integer(1), default=None, help="stop after this many clips")
     p.add_argument("--preview", action="store_true", help="also write OUT/preview.png (contact sheet of 2 clips)")
     p.set_defaults(func=run)
 

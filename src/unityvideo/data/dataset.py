@@ -26,12 +26,30 @@ from .raw import RawReadError, load_raw
 from .transforms import CropPlan, apply_crop, crop_raw, plan_crop, sample_frame_indices
 from .video import VideoReadError, probe_video, read_video
 
-__all__ = ["UnityVideoDataset", "collate_clips", "SKIP_REASONS"]
+__all__ = ["UnityVideoDataset", "SkippedClips", "collate_clips", "SKIP_REASONS"]
 
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = ("missing_modality", "missing_file", "corrupt_video", "frame_mismatch", "size_mismatch",
                 "too_short", "missing_raw", "corrupt_raw")
+
+
+class SkippedClips:
+    """The clips that could not be used, each logged once with the first reason found; shared by the
+    datasets that read the same records (one per modality), so a bad clip is one warning, not six."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[int, str] = {}  # index in the records -> reason
+
+    def add(self, index: int, clip_id: str, source: str, reason: str, detail: str) -> None:
+        if index in self.reasons:
+            return
+        self.reasons[index] = reason
+        log.warning("skipping clip %r (item %d of %s): %s: %s", clip_id, index, source, reason, detail)
+
+    def totals(self) -> Counter[str]:
+        """Skipped clips by reason (each clip counted once)."""
+        return Counter(self.reasons.values())
 
 
 class _SkipClip(Exception):
@@ -61,7 +79,8 @@ class UnityVideoDataset(Dataset):
     def __init__(self, manifest: str | Path | Sequence[ClipRecord], frames: int = 16,
                  size: tuple[int, int] | None = None, modalities: Sequence[str] | None = None,
                  frame_stride: int = 1, random_offset: bool = False, random_crop: bool = False,
-                 with_raw: bool = False, seed: int = 0, split: str | None = None):
+                 with_raw: bool = False, seed: int = 0, split: str | None = None,
+                 skipped_clips: SkippedClips | None = None):
         if isinstance(manifest, (str, Path)):
             self.source = str(manifest)
             records = read_manifest(manifest)
@@ -87,6 +106,7 @@ class UnityVideoDataset(Dataset):
         self.skipped: Counter[str] = Counter()
         self._epoch_skipped: Counter[str] = Counter()
         self._bad: dict[int, _SkipClip] = {}
+        self.skipped_clips = skipped_clips if skipped_clips is not None else SkippedClips()
         self._served = 0
         self._warned_raw_resize = False
         sample_frame_indices(10 ** 9, self.frames, self.frame_stride)  # validates frames/stride early
@@ -121,8 +141,7 @@ class UnityVideoDataset(Dataset):
         self._epoch_skipped[error.reason] += 1
         if index not in self._bad:
             self._bad[index] = error
-            log.warning("skipping clip %r (item %d of %s): %s: %s", self.records[index].clip_id, index,
-                        self.source, error.reason, error.detail)
+            self.skipped_clips.add(index, self.records[index].clip_id, self.source, error.reason, error.detail)
 
     # ------------------------------------------------------------------ loading
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unityvideo.cli_args import integer, number
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -22,12 +24,12 @@ def register(subparsers) -> None:
                    help="estimate control joint t2v (default: those of the four the checkpoint learned)")
     p.add_argument("--modalities", nargs="+", default=None, metavar="M",
                    help="modalities to evaluate (default: those the checkpoint learned)")
-    p.add_argument("--clips", type=int, default=16, help="number of clips (default 16; 0 = all)")
+    p.add_argument("--clips", type=integer(0), default=16, help="number of clips (default 16; 0 = all)")
     p.add_argument("--split", default=None, help="manifest split (default: test when present, else all rows)")
     p.add_argument("--prior-data", type=Path, default=None,
                    help="dataset whose training split fits the estimation baselines (default: --data's; "
                         "without training rows each clip's prior is fitted on the other evaluated clips)")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--steps", type=integer(1), default=30, help="denoising steps (default 30)")
     p.add_argument("--estimate-steps", nargs="+", default=None, metavar="N | M=N",
                    help="denoising steps of estimation: one count, or per modality (depth=16 flow=1; the "
                         "others take --steps). Default: --steps; 1 = the x0 prediction from noise")
@@ -35,11 +37,11 @@ def register(subparsers) -> None:
                    help="estimates per clip combined (`Modality.combine`), for estimation and the "
                         "re-estimates that score control and joint: one size, or per modality (flow=16 "
                         "densepose=16; the others take 1). Default 1")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--guidance", type=number(0), default=None,
                    help="text guidance of control/joint/t2v (default: the pipeline's, 5); estimation uses none")
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i gets a seed of (seed, i) (default 0)")
-    p.add_argument("--batch-size", type=int, default=4, help="clips per forward (default 4)")
-    p.add_argument("--keep-videos", type=int, default=2, help="clips per task and modality shown in the report")
+    p.add_argument("--batch-size", type=integer(1), default=4, help="clips per forward (default 4)")
+    p.add_argument("--keep-videos", type=integer(0), default=2, help="clips per task and modality shown in the report")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
     p.add_argument("--loss-curve", type=Path, default=None,

@@ -208,7 +208,8 @@ class LatentNorm:
         return latent * std + mean
 
     def to_json(self) -> dict[str, list[float]]:
-        return {k: [round(m, 6), round(s, 6)] for k, (m, s) in self.stats.items()}
+        """Exact (JSON floats round-trip): a resumed run must normalise exactly as the run it continues."""
+        return {k: [m, s] for k, (m, s) in self.stats.items()}
 
     @classmethod
     def from_json(cls, raw: dict | None) -> "LatentNorm":

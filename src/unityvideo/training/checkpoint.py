@@ -120,8 +120,11 @@ def _barrier() -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    ema_state: dict[str, torch.Tensor] | None, extra: dict, keep: int) -> Path:
-    """Write the full training state at `step`; every process must call it (collectives inside)."""
+                    ema_state: dict[str, torch.Tensor] | None, extra: dict, keep: int,
+                    good_step: int | None = None) -> Path:
+    """Write the full training state at `step`; every process must call it (collectives inside).
+    keep: how many checkpoints to keep (0 = all); the newest one at or before `good_step` (a state
+    the run has taken a finite step from) is kept as well, whatever `keep` says."""
     root = Path(run_dir) / CHECKPOINTS
     final = root / checkpoint_name(step)
     tmp = root / f".{checkpoint_name(step)}.tmp"
@@ -144,7 +147,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _write_atomic(root / LATEST, final.name)
-        _prune(root, keep)
+        _prune(root, keep, good_step)
     _barrier()
     return final
 
@@ -161,12 +164,30 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _prune(root: Path, keep: int) -> None:
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.removeprefix("step-"))
+
+
+def _prune(root: Path, keep: int, good_step: int | None) -> None:
     if keep <= 0:
         return
     done = sorted(p for p in root.glob("step-*") if p.is_dir())
+    good = [p for p in done if good_step is not None and checkpoint_step(p) <= good_step][-1:]
     for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old not in good:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def last_good_checkpoint(run_dir: Path, before_step: int) -> Path | None:
+    """The newest complete checkpoint of a run written before step `before_step` (None: none)."""
+    done = sorted(p for p in (Path(run_dir) / CHECKPOINTS).glob("step-*") if (p / "state.json").exists())
+    done = [p for p in done if checkpoint_step(p) < before_step]
+    return done[-1] if done else None
+
+
+def point_latest_at(folder: Path) -> None:
+    """Make `folder` the checkpoint a plain --resume of its run picks up."""
+    _write_atomic(folder.parent / LATEST, folder.name)
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -9,6 +9,7 @@ as YAML (`train.steps=10`, `routing.tasks={control: 1}`, `data.world=null`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -174,8 +175,60 @@ class Config:
             data = self.stage_data(stage)
             if (data.manifest is None) == (data.world is None):
                 raise ValueError(f"stages[{i}] data: set exactly one of data.manifest and data.world")
-        if t.batch_size < 1:
-            raise ValueError(f"train.batch_size={t.batch_size} must be >= 1")
+        _check_numbers(self)
+
+
+# (key, lowest, highest, the lowest itself allowed): every number a run reads, checked before any work
+# (a nan learning rate would train, and export, nan weights; a zero log interval divides by zero).
+_NUMBER_RULES = (
+    ("optim.lr", 0, None, False), ("optim.unity_lr", 0, None, False), ("optim.eps", 0, None, False),
+    ("optim.weight_decay", 0, None, True), ("optim.warmup_steps", 0, None, True),
+    ("optim.min_lr_ratio", 0, 1, True), ("optim.grad_clip", 0, None, True), ("optim.ema_decay", 0, 1, True),
+    ("train.batch_size", 1, None, True), ("train.micro_batch_size", 1, None, True),
+    ("train.fsdp_min_params", 0, None, True), ("train.log_every", 1, None, True),
+    ("train.eval_every", 0, None, True), ("train.checkpoint_every", 0, None, True),
+    ("train.keep_checkpoints", 0, None, True), ("train.export_every", 0, None, True),
+    ("train.max_nonfinite", 0, None, True),
+)
+_DATA_RULES = (("frames", 1, None, True), ("frame_stride", 1, None, True), ("num_workers", 0, None, True))
+_WORLD_RULES = (("clips", 1, None, True), ("val_clips", 0, None, True), ("frames", 1, None, True),
+                ("fps", 1, None, True))
+
+
+def _check_number(key: str, value: Any, low: float | None, high: float | None, low_ok: bool) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key}={value!r} must be a finite number")
+    if low is not None and (value < low or (value == low and not low_ok)):
+        raise ValueError(f"{key}={value} must be {'>=' if low_ok else '>'} {low}")
+    if high is not None and value > high:
+        raise ValueError(f"{key}={value} must be <= {high}")
+
+
+def _check_numbers(config: "Config") -> None:
+    for key, low, high, low_ok in _NUMBER_RULES:
+        section, name = key.split(".")
+        _check_number(key, getattr(getattr(config, section), name), low, high, low_ok)
+    if config.optim.ema_decay >= 1:
+        raise ValueError(f"optim.ema_decay={config.optim.ema_decay} must be < 1 (0 = no EMA)")
+    for i, beta in enumerate(config.optim.betas):
+        _check_number(f"optim.betas[{i}]", beta, 0, None, True)
+        if beta >= 1:
+            raise ValueError(f"optim.betas[{i}]={beta} must be < 1")
+    for t in config.train.eval_timesteps:
+        _check_number("train.eval_timesteps", t, 0, 1, False)
+    datas = [("data", config.data)] + [(f"stages.{i}.data", s.data) for i, s in enumerate(config.stages) if s.data]
+    for where, data in datas:
+        for name, low, high, low_ok in _DATA_RULES:
+            _check_number(f"{where}.{name}", getattr(data, name), low, high, low_ok)
+        for i, side in enumerate(data.size or ()):
+            _check_number(f"{where}.size[{i}]", side, 1, None, True)
+        if data.world is not None:
+            for name, low, high, low_ok in _WORLD_RULES:
+                _check_number(f"{where}.world.{name}", getattr(data.world, name), low, high, low_ok)
+            for i, side in enumerate(data.world.size):
+                _check_number(f"{where}.world.size[{i}]", side, 1, None, True)
 
 
 # ----- loading ------------------------------------------------------------------------------------

@@ -99,12 +99,14 @@ class ClipStreams(Dataset):
     from UnityVideoDatasets sharing one list of records. Optionally keeps decoded clips in memory."""
 
     def __init__(self, records: list, data: DataConfig, seed: int):
-        from ..data import UnityVideoDataset
+        from ..data import SkippedClips, UnityVideoDataset
 
         self.records = records
         self.data = data
+        self.skipped_clips = SkippedClips()  # one warning per bad clip, whichever stream found it
         kwargs = dict(frames=data.frames, size=tuple(data.size) if data.size else None,
-                      frame_stride=data.frame_stride, random_offset=data.random_offset, seed=seed)
+                      frame_stride=data.frame_stride, random_offset=data.random_offset, seed=seed,
+                      skipped_clips=self.skipped_clips)
         self.rgb_only = UnityVideoDataset(records, modalities=[], **kwargs)
         self._kwargs = kwargs
         self._by_modality: dict[str, Any] = {}

@@ -155,5 +155,9 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return _all_reduce(values, dist.ReduceOp.SUM)
 
 
+def all_reduce_max_tensor(values: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(values, dist.ReduceOp.MAX)
+
+
 def all_reduce_max(value: float) -> float:
     return float(_all_reduce(torch.tensor([value], dtype=torch.float64), dist.ReduceOp.MAX))

@@ -29,13 +29,13 @@ import torch.nn as nn
 from ..flow import TASKS, Route, flow_loss, route_batch, validation_route
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
 from ..models.checkpoint import SPEC_NAME, CheckpointSpec, load_checkpoint_spec
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import find_checkpoint, last_good_checkpoint, load_checkpoint, point_latest_at, save_checkpoint
 from .config import Config, dump_config
 from .data import (ClipStreams, LatentCache, StepBatches, TextBank, collate_samples, manifest_of, prepare_world,
                    sample_noise, split_records)
 from .logger import MetricLogger
-from .parallel import (Runtime, all_reduce_max, all_reduce_sum, apply_parallel, choose_parallel, compute_dtype,
-                       init_runtime, inner_model, shutdown)
+from .parallel import (Runtime, all_reduce_max, all_reduce_max_tensor, all_reduce_sum, apply_parallel,
+                       choose_parallel, compute_dtype, init_runtime, inner_model, shutdown)
 
 log = logging.getLogger("unityvideo.train")
 
@@ -94,6 +94,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
+        self.last_finite_step = -1  # index of the newest step whose loss and gradient were finite
         self.stop_signal: str | None = None
 
     # ----- setup ----------------------------------------------------------------------------------
@@ -176,7 +177,8 @@ class Trainer:
         norm = LatentNorm({**inherited.stats, **measured.stats})
         if self.runtime.is_main and norm.stats:
             path.write_text(json.dumps(norm.to_json(), indent=1) + "\n")
-            log.info("latent norm (mean, std) per stream: %s", norm.to_json())
+            log.info("latent norm (mean, std) per stream: %s",
+                     {k: (round(m, 4), round(sd, 4)) for k, (m, sd) in norm.stats.items()})
         elif self.runtime.is_main:
             path.unlink(missing_ok=True)  # an earlier run's values must not reach a later resume
         return norm
@@ -253,6 +255,7 @@ class Trainer:
         self.step = int(meta["step"])
         self.nonfinite_total = int(meta.get("nonfinite_total", 0))
         self.nonfinite_in_row = int(meta.get("nonfinite_in_row", 0))
+        self.last_finite_step = self.step - 1 - self.nonfinite_in_row
         if self.ema is not None and ema:
             for name, value in self.ema.items():
                 _copy_full_into(value, ema[name])
@@ -322,8 +325,9 @@ class Trainer:
                     log.warning("stopped by %s at step %d; resume with --resume", self.stop_signal or "a signal", self.step)
                 break
         bar.close()
+        self._report_skipped_clips()
         if self.step >= total:
-            if self.step % tc.checkpoint_every:
+            if tc.checkpoint_every <= 0 or self.step % tc.checkpoint_every:
                 self.save()
             self.export(self.run_dir / "export")
         self.logger.close()
@@ -336,6 +340,29 @@ class Trainer:
             self.save()
         if tc.export_every > 0 and self.step % tc.export_every == 0 and self.step < self.config.total_steps:
             self.export(self.run_dir / "exports" / f"step-{self.step:06d}")
+
+    def _report_skipped_clips(self) -> None:
+        """The clips this run could not use, each counted once over every process (a clip's code is
+        its reason's index + 1, max-reduced), logged by reason and written to metrics.jsonl."""
+        from ..data import SKIP_REASONS
+
+        datasets = list({id(c): c for c in self.stage_clips + self.val_clips if c is not None}.values())
+        codes = torch.zeros(sum(len(c.records) for c in datasets), dtype=torch.float64)
+        offset = 0
+        for clips in datasets:
+            for index, reason in clips.skipped_clips.reasons.items():
+                codes[offset + index] = 1 + SKIP_REASONS.index(reason)
+            offset += len(clips.records)
+        codes = all_reduce_max_tensor(codes)
+        totals = {reason: int((codes == 1 + i).sum()) for i, reason in enumerate(SKIP_REASONS)}
+        totals = {r: n for r, n in totals.items() if n}
+        if not self.runtime.is_main:
+            return
+        if totals:
+            log.warning("skipped %d of %d clips: %s (each named in a warning above)", sum(totals.values()),
+                        len(codes), ", ".join(f"{r}={n}" for r, n in totals.items()))
+        self.logger.log(self.step, "data", {"skipped_clips": sum(totals.values()),
+                                            **{f"skipped_clips/{r}": n for r, n in totals.items()}})
 
     def stop_requested(self) -> bool:
         """Any process got SIGTERM/SIGINT: all stop together after this step."""
@@ -416,10 +443,10 @@ class Trainer:
             if self.nonfinite_in_row > self.config.train.max_nonfinite:
                 raise NonFiniteLossError(
                     f"{self.nonfinite_in_row} non-finite steps in a row (train.max_nonfinite="
-                    f"{self.config.train.max_nonfinite}) at step {self.step}: lower optim.lr, check the data "
-                    f"(bad clips?), or resume from an earlier checkpoint in {self.run_dir / 'checkpoints'}")
+                    f"{self.config.train.max_nonfinite}) at step {self.step}. {self._good_checkpoint_advice()}")
             return False
         self.nonfinite_in_row = 0
+        self.last_finite_step = self.step
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
@@ -507,18 +534,48 @@ class Trainer:
 
     # ----- checkpoints and export -----------------------------------------------------------------
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Checkpoint the run, unless its state is suspect (in a non-finite streak, or non-finite
+        weights): such a state is never written, so it can never replace a good checkpoint."""
+        if self.nonfinite_in_row or not self._weights_finite():
+            if self.runtime.is_main:
+                log.warning("step %d: not checkpointed (the last step or the weights are not finite); the "
+                            "checkpoints written before stay", self.step)
+            return None
         ema = {n: _full(t) for n, t in self.ema.items()} if self.ema is not None else None
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, ema,
                                {"nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
                                 "data_position": {"next_sample": self.step * self.config.train.batch_size},
                                 "world_size": self.runtime.world_size, "parallel": self.parallel},
-                               keep=self.config.train.keep_checkpoints)
+                               keep=self.config.train.keep_checkpoints, good_step=self.last_finite_step)
+
+    def _weights_finite(self) -> bool:
+        """Every parameter and EMA tensor finite, on every process (FSDP2 holds shards)."""
+        tensors = [p.detach() for p in self.model.parameters()] + list((self.ema or {}).values())
+        bad = any(not bool(torch.isfinite(_local(t)).all()) for t in tensors)
+        return all_reduce_max(1.0 if bad else 0.0) == 0
+
+    def _good_checkpoint_advice(self) -> str:
+        """Where to go back to after a non-finite streak: the newest checkpoint written before its first
+        step (a checkpoint at the streak's first step holds the weights that produced it)."""
+        streak_start = self.step - self.nonfinite_in_row + 1
+        good = last_good_checkpoint(self.run_dir, streak_start)
+        if good is None:
+            return ("No checkpoint was written before these steps: start again with a lower optim.lr, or "
+                    "check the data (bad clips?).")
+        if self.runtime.is_main:
+            point_latest_at(good)
+        return (f"The last good checkpoint is {good} (`--resume` now picks it up): resume from it with a "
+                "lower optim.lr, or check the data (bad clips?).")
 
     def export(self, folder: Path) -> Path:
         """The EMA (or current) weights as a checkpoint folder the pipeline loads (CONTRACT2)."""
         weights = self.ema if self.ema is not None else dict(self.model.named_parameters())
         full = {n: _full(t).cpu() for n, t in weights.items()}
+        bad = sorted(n for n, t in full.items() if not bool(torch.isfinite(t).all()))
+        if bad:
+            raise NonFiniteLossError(f"step {self.step}: {len(bad)} weight tensors are not finite ({bad[0]}, ...): "
+                                     f"nothing exported to {folder}. {self._good_checkpoint_advice()}")
         if self.runtime.is_main:
             cfg = self.config
             tmp = folder.with_name(f".{folder.name}.tmp")
@@ -589,6 +646,11 @@ class _EvalRef:
 def _full(t: torch.Tensor) -> torch.Tensor:
     """The full tensor of a (possibly FSDP-sharded) tensor; a collective under FSDP."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t.detach()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a (possibly FSDP-sharded) tensor; no collective."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _copy_full_into(dst: torch.Tensor, full: torch.Tensor) -> None:

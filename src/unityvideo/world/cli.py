@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unityvideo.cli_args import integer
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -15,16 +17,16 @@ def register(subparsers) -> None:
         "Rerunning into the same folder skips finished clips.",
     )
     p.add_argument("--out", type=Path, required=True, help="dataset folder (created if missing)")
-    p.add_argument("--clips", type=int, required=True, help="number of clips to render")
-    p.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
-    p.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
+    p.add_argument("--clips", type=integer(1), required=True, help="number of clips to render")
+    p.add_argument("--frames", type=integer(1), default=16, help="frames per clip (default 16)")
+    p.add_argument("--size", type=integer(1), nargs=2, default=(64, 64), metavar=("H", "W"),
                    help="frame height and width in pixels (default 64 64)")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed; clip i of a split is a pure function of (seed, split, i)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="train and test clips never share a scene")
-    p.add_argument("--fps", type=int, default=8, help="frame rate of the simulation and the videos")
-    p.add_argument("--workers", type=int, default=None, help="render processes (default: all cores)")
+    p.add_argument("--fps", type=integer(1), default=8, help="frame rate of the simulation and the videos")
+    p.add_argument("--workers", type=integer(1), default=None, help="render processes (default: all cores)")
     p.add_argument("--preview", action="store_true",
                    help="also write preview.png: a contact sheet (rows: modalities, columns: time)")
     p.set_defaults(func=run)
