@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +111,46 @@ def test_cli_world_writes_preview_and_resumes(tmp_path, capsys):
 def test_cli_rejects_bad_arguments_with_a_clear_message(tmp_path, capsys):
     assert main(["world", "--out", str(tmp_path), "--clips", "0"]) == 2
     assert "--clips must be at least 1" in capsys.readouterr().err
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the guard uses Linux's prctl")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_world_stops_its_workers(tmp_path, how):
+    """4000 clips: each worker takes chunks of 250 (about 30 s of work), so without the guard it would
+    go on rendering well past the 10 s allowed."""
+    proc = subprocess.Popen([sys.executable, "-m", "unityvideo.cli", "world", "--out", str(tmp_path), "--clips",
+                             "4000", "--frames", "16", "--size", "64", "64", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(workers := _children(proc.pid)) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the workers did not start"
+        time.sleep(0.05)
+    while not list((tmp_path / "clips").glob("train-*")):  # rendering is under way
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(how)
+    proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers):
+        assert time.time() < deadline, f"workers {[w for w in workers if _alive(w)]} outlived their parent"
+        time.sleep(0.05)

@@ -32,9 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
-        print(f"unityvideo {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"unityvideo {args.command}: error: {err}", file=sys.stderr)  # one clear line, no traceback
         return 2
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors that a user fixes (bad values, files, a run that diverged): reported in one line. The
+    rest are bugs, and keep their traceback. Error classes opt in with `user_error = True`."""
+    return isinstance(err, (ValueError, OSError)) or getattr(err, "user_error", False)
 
 
 if __name__ == "__main__":

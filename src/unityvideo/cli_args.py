@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Callable
 
 
@@ -42,3 +43,58 @@ def number(minimum: float | None = None, open_low: bool = False) -> Callable[[st
         return value
     parse.__name__ = "number"
     return parse
+
+
+def device(allow_auto: bool = False) -> Callable[[str], str]:
+    """A torch device this machine has: cpu, cuda, cuda:N (N < the GPU count), mps (and `auto`)."""
+    def parse(text: str) -> str:
+        if allow_auto and text == "auto":
+            return text
+        import torch
+
+        try:
+            chosen = torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N"
+                                             + (" (or auto)" if allow_auto else "")) from None
+        if chosen.type == "cuda":
+            if not torch.cuda.is_available():
+                raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU (torch sees none); use cpu")
+            if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+                raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA "
+                                                 f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        elif chosen.type == "mps" and not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine; use cpu")
+        elif chosen.type not in ("cpu", "cuda", "mps"):
+            raise argparse.ArgumentTypeError(f"{text}: unsupported device type {chosen.type!r}; use cpu or cuda")
+        return text
+    parse.__name__ = "device"
+    return parse
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing file among `path`'s parents (a folder that cannot be created)."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def output_file(text: str) -> Path:
+    """A file to write: its folder may be missing (it is created), but not be a file."""
+    path = Path(text)
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{path}: {blocker} is a file, not a folder")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; name a file in it")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into (created if missing); neither it nor a parent may be a file."""
+    path = Path(text)
+    blocker = path if path.exists() and not path.is_dir() else _file_in_the_way(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{path}: {blocker} is a file, not a folder")
+    return path

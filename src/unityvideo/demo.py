@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from unityvideo.assets import DEFAULT_CHECKPOINT
-from unityvideo.cli_args import integer
+from unityvideo.cli_args import integer, output_folder
 
 # Denoising steps and ensemble size (estimates combined per clip, Modality.combine) of each modality's
 # estimate, chosen on held-out clips of another world seed (docs/demo.md): depth keeps improving up to 16
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
         help="world -> training -> every task on held-out clips -> report.html (minutes on a CPU)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    p.add_argument("--out", type=output_folder, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train a fresh model with the shipped recipe's curriculum instead of fine-tuning the "
                         "shipped checkpoint")
@@ -69,6 +69,10 @@ def demo_config(out: Path, from_scratch: bool, steps: int, preset: str | None, t
                  f"data.world.clips={train_clips}", f"data.world.val_clips={test_clips}"]
     config = load_config(recipe, overrides)
     if from_scratch:
+        from unityvideo.models.transformer import PRESETS
+
+        if preset and preset not in PRESETS:
+            raise ValueError(f"--preset {preset}: choose one of {', '.join(sorted(PRESETS))}")
         config.model.init = None
         if preset:
             config.model.preset = preset

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unityvideo.assets import DEFAULT_CHECKPOINT
-from unityvideo.cli_args import integer, number
+from unityvideo.cli_args import device, integer, number, output_file
+from unityvideo.resources import check_memory
 
 if TYPE_CHECKING:
     from unityvideo.pipeline import StreamPlan
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--negative-prompt", default="", help="caption of the unconditional pass (default empty)")
     p.add_argument("--input", nargs="+", action="extend", default=[], type=Path, metavar="VIDEO",
                    help="control: one modality video per --modality; estimate: the RGB video")
-    p.add_argument("--out", type=Path, required=True, help="output video path (.mp4 or .mkv)")
+    p.add_argument("--out", type=output_file, required=True, help="output video path (.mp4 or .mkv)")
     p.add_argument("--steps", type=integer(1), default=50, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=number(0), default=None,
                    help="text guidance scale (default 5 for t2v/joint/control, 1 = off for estimate)")
@@ -61,8 +62,10 @@ def register(subparsers) -> None:
                    help="control / estimate: compute the condition stream once, not every step (needs a model "
                         "trained with condition_isolation)")
     p.add_argument("--scheduler", default="euler", help="euler (flow-matching Euler) | unipc (default euler)")
-    p.add_argument("--shift", type=number(0, open_low=True), default=None, help="timestep shift (default: the checkpoint's)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--shift", type=number(0, open_low=True), default=None,
+                   help="timestep shift (default: the checkpoint's)")
+    p.add_argument("--device", type=device(allow_auto=True), default="auto",
+                   help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="float32", help=f"transformer dtype: {' | '.join(DTYPES)} (default float32)")
     p.set_defaults(func=run)
 
@@ -117,11 +120,26 @@ def prepare(args: argparse.Namespace) -> Request:
     videos = {name: _read_input(path) for name, path in zip(plan.condition_names, args.input)}
     frames, size = _request_geometry(args, spec, videos)
     config = read_transformer_config(folder)
-    check_geometry(codec_geometry(spec.codec), config.get("patch_size", (1, 2, 2)),
-                   config.get("rope_max_seq_len", 1024), frames, *size, len(plan.streams))
+    patch = config.get("patch_size", (1, 2, 2))
+    shape = check_geometry(codec_geometry(spec.codec), patch, config.get("rope_max_seq_len", 1024), frames, *size,
+                           len(plan.streams))
+    check_memory(generation_memory(config, shape, frames, size, len(plan.streams)),
+                 f"generating {frames} frames of {size[0]}x{size[1]}", "lower --frames or --size")
     inputs = {name: _fit(video, name, frames, size, path)
               for (name, video), path in zip(videos.items(), args.input)}
     return Request(folder, plan, inputs, frames, size, spec.fps)
+
+
+# Live float32 values per token while a block runs: its input and output, q, k, v, the attention output
+# and the feed-forward hidden (ffn_dim), for each of up to three guidance passes.
+def generation_memory(config: dict, latent_shape, frames: int, size: tuple[int, int], streams: int) -> float:
+    """Bytes a generation needs, about: the transformer's working set over every token, plus the videos."""
+    patch = config.get("patch_size", (1, 2, 2))
+    tokens = streams * int(np.prod([n // p for n, p in zip(latent_shape[1:], patch)]))
+    dim = config.get("num_attention_heads", 12) * config.get("attention_head_dim", 128)
+    per_token = (6 * dim + config.get("ffn_dim", 4 * dim)) * 4 * 3
+    videos = (streams + 1) * frames * size[0] * size[1] * 3 * 4
+    return tokens * per_token + videos
 
 
 def _read_input(path: Path) -> np.ndarray:

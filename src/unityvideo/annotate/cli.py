@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unityvideo.cli_args import integer, number
+from unityvideo.cli_args import device, integer, number, output_folder
 
 TEACHER_HELP = {
     "depth": "local transformers depth-estimation folder (Depth Anything V1/V2, DPT, ZoeDepth); no built-in",
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--input", type=Path, nargs="+", required=True, metavar="VIDEOS",
                    help="video files and/or folders (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="dataset folder (created if missing)")
+    p.add_argument("--out", type=output_folder, required=True, help="dataset folder (created if missing)")
     p.add_argument("--modalities", nargs="+", default=None, metavar="NAME",
                    help="modalities to annotate (default: every one with a teacher: flow, segmentation, "
                    "skeleton, plus depth/densepose when their model is given)")
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="train", help="split column of the manifest (default train)")
     p.add_argument("--flow-max", type=number(0, open_low=True), default=None,
                    help="flow encoding range in pixels (default max(H, W) / 8, the world's)")
-    p.add_argument("--device", default=None, help="torch device of model teachers (default cuda if available)")
+    p.add_argument("--device", type=device(), default=None, help="torch device of model teachers (default cuda if available)")
     p.add_argument("--max-clips", type=integer(1), default=None, help="stop after this many clips")
     p.add_argument("--preview", action="store_true", help="also write OUT/preview.png (contact sheet of 2 clips)")
     p.set_defaults(func=run)

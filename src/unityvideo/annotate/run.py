@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..data.files import read_utf8
 from ..data.manifest import ClipRecord, write_manifest
 from ..data.raw import save_raw
 from ..data.video import VideoReadError, probe_video, write_video
@@ -123,10 +125,9 @@ def load_captions(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"--captions {path}: file not found")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in read_utf8(path).splitlines() if line.strip()]
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(io.StringIO(read_utf8(path), newline="")))
     else:
         raise ValueError(f"--captions {path}: use a .csv or .jsonl file with columns video,caption")
     captions: dict[str, str] = {}

@@ -14,6 +14,7 @@ Other columns are kept in `ClipRecord.extra` and logged once per file.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..modalities import MODALITY_NAMES, get_modality
+from .files import read_utf8
 
 __all__ = ["ClipRecord", "ManifestError", "read_manifest", "write_manifest", "AUTHORS_COLUMNS"]
 
@@ -175,7 +177,7 @@ def _warn_unknown(path: Path, unknown: Iterable[str]) -> None:
 
 
 def _read_csv(path: Path) -> list[ClipRecord]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(read_utf8(path), newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames:
             raise ManifestError(f"{path}: empty file; a manifest needs a header row such as "
@@ -189,7 +191,7 @@ def _read_csv(path: Path) -> list[ClipRecord]:
 def _read_jsonl(path: Path) -> list[ClipRecord]:
     records: list[ClipRecord] = []
     warned: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
+    with io.StringIO(read_utf8(path)) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

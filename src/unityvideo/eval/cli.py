@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unityvideo.cli_args import integer, number
+from unityvideo.cli_args import device, integer, number, output_file
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (unityvideo.json + transformer/)")
     p.add_argument("--data", type=Path, required=True,
                    help="dataset folder (with manifest.csv) or a manifest; rows need the raw column")
-    p.add_argument("--out", type=Path, required=True, help="results .json path (the other files go beside it)")
+    p.add_argument("--out", type=output_file, required=True, help="results .json path (the other files go beside it)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="estimate control joint t2v (default: those of the four the checkpoint learned)")
     p.add_argument("--modalities", nargs="+", default=None, metavar="M",
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i gets a seed of (seed, i) (default 0)")
     p.add_argument("--batch-size", type=integer(1), default=4, help="clips per forward (default 4)")
     p.add_argument("--keep-videos", type=integer(0), default=2, help="clips per task and modality shown in the report")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--device", type=device(), default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
     p.add_argument("--loss-curve", type=Path, default=None,
                    help="a loss-curve PNG, or a training run's metrics.jsonl to plot, for the report")

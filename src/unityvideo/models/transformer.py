@@ -796,8 +796,18 @@ def _weight_files(folder: Path) -> dict[str, Path]:
         found = [p.name for p in singles] or "none"
         raise FileNotFoundError(f"{folder}: expected one *.safetensors file or a *.safetensors.index.json, "
                                 f"found {found}")
-    with safe_open(singles[0], framework="pt") as f:
+    with _open_weights(singles[0]) as f:
         return {name: singles[0] for name in f.keys()}
+
+
+def _open_weights(path: Path):
+    """safe_open, with an error that names the file when it is truncated or not safetensors at all."""
+    try:
+        return safe_open(path, framework="pt")
+    except Exception as err:  # safetensors raises its own SafetensorError, not an OSError
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a complete safetensors file ({err}); copy or export it again") from None
 
 
 @torch.no_grad()
@@ -814,7 +824,7 @@ def _load_weights(module: nn.Module, folder: Path) -> None:
                          f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)}); is this the right "
                          "kind of folder (from_backbone: a Wan T2V transformer, from_pretrained: a UnityVideo save)?")
     for path in sorted(set(files.values())):
-        with safe_open(path, framework="pt") as f:
+        with _open_weights(path) as f:
             for name in f.keys():
                 if name not in expected:
                     continue

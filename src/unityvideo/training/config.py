@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
+from ..data.files import read_utf8
 from ..flow import TASKS, RoutingConfig, TimestepSampler
 from ..models.codec import LATENT_NORMS
+from ..models.transformer import PRESETS
 
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -168,6 +170,9 @@ class Config:
             raise ValueError(f"model.latent_norm={self.model.latent_norm!r}; choose one of {LATENT_NORMS}")
         if not self.stages:
             raise ValueError("stages: at least one stage is needed")
+        if self.model.backbone is None and self.model.init is None and self.model.preset not in PRESETS:
+            raise ValueError(f"model.preset={self.model.preset!r}; choose one of {sorted(PRESETS)} (or set "
+                             "model.backbone / model.init)")
         for i, stage in enumerate(self.stages):
             if stage.steps < 1:
                 raise ValueError(f"stages[{i}].steps={stage.steps} must be >= 1")
@@ -241,14 +246,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such config file (see configs/ for examples)")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _parse_yaml(read_utf8(path), str(path)) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a config is a YAML mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like section.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        _set_dotted(raw, key.strip(), _parse_yaml(value, f"override {item!r}"))
     try:
         config = from_dict(Config, raw, where="")
         config.validate()
@@ -257,21 +262,42 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{where}: not valid YAML{at}: {problem}") from None
+
+
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        if part.isdigit() and isinstance(node, list):
-            node = node[int(part)]
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ValueError(f"override {key}: {'.'.join(parts[:depth])} is a list; {part!r} is not an index "
+                                 f"(0 to {len(node) - 1})")
+            if int(part) >= len(node):
+                count = f"{len(node)} entr{'y' if len(node) == 1 else 'ies'}"
+                raise ValueError(f"override {key}: {'.'.join(parts[:depth])} has {count} (indices 0 to "
+                                 f"{len(node) - 1}), so {where} does not exist")
+            if depth == len(parts) - 1:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
             continue
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-    last = parts[-1]
-    if last.isdigit() and isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key}: {'.'.join(parts[:depth])} is a value, not a section")
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
 
 
 def from_dict(cls, raw: Any, where: str):

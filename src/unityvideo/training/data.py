@@ -94,6 +94,17 @@ class SampleRef:
     route: Route
 
 
+def check_clip_lengths(records: list, data: DataConfig) -> None:
+    """Fail before any work when no clip is long enough (one short clip is skipped with a warning; all
+    of them would leave nothing to train on)."""
+    need = (data.frames - 1) * data.frame_stride + 1
+    known = [r.frames for r in records if r.frames]
+    if records and len(known) == len(records) and max(known) < need:
+        raise ValueError(f"data.frames={data.frames} (frame_stride {data.frame_stride}) needs clips of {need} "
+                         f"frames, but the longest of these {len(records)} clips has {max(known)} frames; lower "
+                         "data.frames (or data.frame_stride)")
+
+
 class ClipStreams(Dataset):
     """Loads, for a `SampleRef`, the RGB stream and the route's modality stream only (not all five),
     from UnityVideoDatasets sharing one list of records. Optionally keeps decoded clips in memory."""
@@ -101,6 +112,7 @@ class ClipStreams(Dataset):
     def __init__(self, records: list, data: DataConfig, seed: int):
         from ..data import SkippedClips, UnityVideoDataset
 
+        check_clip_lengths(records, data)
         self.records = records
         self.data = data
         self.skipped_clips = SkippedClips()  # one warning per bad clip, whichever stream found it

@@ -44,7 +44,9 @@ EVAL_NOISE_SEED = 777
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The run diverged (non-finite losses or weights); the message names the checkpoint to go back to."""
+
+    user_error = True
 
 
 def train(config: Config, resume: str | Path | bool | None = None) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unityvideo.cli_args import integer
+from unityvideo.cli_args import integer, output_folder
 
 
 def register(subparsers) -> None:
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         "modality videos per clip, the raw ground truth as .npz, and manifest.csv. "
         "Rerunning into the same folder skips finished clips.",
     )
-    p.add_argument("--out", type=Path, required=True, help="dataset folder (created if missing)")
+    p.add_argument("--out", type=output_folder, required=True, help="dataset folder (created if missing)")
     p.add_argument("--clips", type=integer(1), required=True, help="number of clips to render")
     p.add_argument("--frames", type=integer(1), default=16, help="frames per clip (default 16)")
     p.add_argument("--size", type=integer(1), nargs=2, default=(64, 64), metavar=("H", "W"),

@@ -8,10 +8,13 @@ finished clip's row.json, so train and test splits can share one folder.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +26,16 @@ from unityvideo.data.manifest import ClipRecord, write_manifest
 from unityvideo.data.raw import save_raw
 from unityvideo.data.video import write_video
 from unityvideo.modalities import MODALITY_NAMES, default_max_flow, depth_near, get_modality
+from unityvideo.resources import check_memory, warn_if_long
 from unityvideo.world import WorldClip, WorldConfig, clip_seed, generate_clip
 
 MANIFEST_NAME = "manifest.csv"
 ROW_NAME = "row.json"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Measured on the 2-core CPU machine (one 16x256x256 clip, render + encode + write: peak RSS 305 MB
+# over the interpreter's; benchmarks/world_speed.py: 256 clips of 16x64x64 in 20.5 s on 2 processes).
+BYTES_PER_PIXEL_FRAME = 310
+SECONDS_PER_PIXEL_FRAME = 2.5e-6
 
 
 @dataclass
@@ -50,6 +59,17 @@ class ExportSpec:
             raise ValueError(f"--size must be at least 16 16 pixels, got {self.size[0]} {self.size[1]}")
         if self.split not in ("train", "test"):
             raise ValueError(f"--split must be 'train' or 'test', got {self.split!r}")
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out}: is a file, not a folder; name a folder (created if missing)")
+        pixels = self.frames * self.size[0] * self.size[1]
+        workers = self.worker_count(self.clips)
+        check_memory(pixels * BYTES_PER_PIXEL_FRAME * workers,
+                     f"rendering {self.frames} frames of {self.size[0]}x{self.size[1]} in {workers} process(es)",
+                     "lower --frames or --size (or --workers)")
+        warn_if_long(self.clips * pixels * SECONDS_PER_PIXEL_FRAME / workers, f"rendering {self.clips} clips")
+
+    def worker_count(self, clips: int) -> int:
+        return max(1, min(self.workers or os.cpu_count() or 1, clips or 1))
 
 
 @dataclass
@@ -142,7 +162,7 @@ def export_world(spec: ExportSpec) -> ExportResult:
     start = time.perf_counter()
     (spec.out / "clips").mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(spec.clips) if not _finished(spec.out, clip_id(spec.split, i))]
-    workers = max(1, min(spec.workers or os.cpu_count() or 1, len(todo) or 1))
+    workers = spec.worker_count(len(todo))
     jobs = [(spec, i) for i in todo]
     bar = tqdm(total=len(todo), desc=f"world {spec.split}", unit="clip", disable=not todo)
     if workers == 1:
@@ -151,7 +171,7 @@ def export_world(spec: ExportSpec) -> ExportResult:
             bar.update()
     else:
         # Rendering is numpy-bound: one process per core, each single-threaded.
-        with mp.get_context("fork").Pool(workers, initializer=_single_thread) as pool:
+        with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
             for _ in pool.imap_unordered(_export_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
                 bar.update()
     bar.close()
@@ -159,7 +179,23 @@ def export_world(spec: ExportSpec) -> ExportResult:
     return ExportResult(manifest, len(todo), spec.clips - len(todo), time.perf_counter() - start)
 
 
-def _single_thread() -> None:
+def _init_worker(parent: int) -> None:
     import torch
 
     torch.set_num_threads(1)
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make the kernel end this worker when its parent process dies, however it dies (SIGKILL included):
+    a killed `unityvideo world` must not leave workers rendering. Linux only (prctl); elsewhere the
+    pool's own shutdown on Ctrl-C is what stops them."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
