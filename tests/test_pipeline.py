@@ -269,7 +269,7 @@ BAD_REQUESTS = [
     (["--task", "control", "--modality", "depth", "--input", "{depth}", "--frames", "9"], "9 requested"),
     (["--task", "estimate", "--modality", "depth", "--input", "{rgb}", "--steps", "0"], "--steps"),
     (["--task", "t2v", "--prompt", "x", "--out", "{gif}"], ".mp4 or .mkv"),
-    (["--task", "estimate", "--modality", "depth", "--input", "{rgb}", "--ensemble", "0"], "--ensemble must be"),
+    (["--task", "estimate", "--modality", "depth", "--input", "{rgb}", "--ensemble", "0"], "--ensemble: must be an integer >= 1"),
     (["--task", "t2v", "--prompt", "x", "--ensemble", "4"], "--ensemble combines estimates"),
 ]
 

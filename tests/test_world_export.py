@@ -110,7 +110,7 @@ def test_cli_world_writes_preview_and_resumes(tmp_path, capsys):
 
 def test_cli_rejects_bad_arguments_with_a_clear_message(tmp_path, capsys):
     assert main(["world", "--out", str(tmp_path), "--clips", "0"]) == 2
-    assert "--clips must be at least 1" in capsys.readouterr().err
+    assert "--clips: must be an integer >= 1" in capsys.readouterr().err
 
 
 def _children(pid: int) -> list[int]:

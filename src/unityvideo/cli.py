@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad flag (2, after argparse's one-line message)
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return args.func(args)
     except Exception as err:
