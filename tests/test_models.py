@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -500,3 +501,34 @@ def test_isolated_and_cached_flops_match_torch_flop_counter():
             model(streams[1:], condition_cache=cache)
     assert isolated.get_total_flops() == forward_flops(cfg, (C, F, H, W), 3, 5, batch=B, clean_streams=1)
     assert cached.get_total_flops() == forward_flops(cfg, (C, F, H, W), 3, 5, batch=B, clean_streams=1, cached=True)
+
+
+# ----- a checkpoint's text encoder and VAE folders, after the folder moves ----------------------------
+
+
+def test_exported_asset_paths_survive_a_move(tmp_path):
+    from unityvideo.models.checkpoint import place_asset, resolve_asset
+
+    def export(root, mode):
+        (root / "vae").mkdir(parents=True)
+        (root / "vae" / "config.json").write_text("{}")
+        staging, final = root / "run" / ".export.tmp", root / "run" / "export"
+        staging.mkdir(parents=True)
+        name = place_asset(str(root / "vae"), staging, final, "vae", mode)
+        staging.rename(final)
+        return name, final
+
+    name, _ = export(tmp_path / "a", "reference")
+    assert name == "../../vae"  # relative to the checkpoint, not to the working directory
+    shutil.move(tmp_path / "a", tmp_path / "moved")  # the whole tree moves: still found
+    assert resolve_asset(tmp_path / "moved" / "run" / "export", name, "VAE") == str(tmp_path / "moved" / "run" / "export" / name)
+    shutil.move(tmp_path / "moved" / "run" / "export", tmp_path / "alone")  # the checkpoint alone: a clear error
+    with pytest.raises(FileNotFoundError, match=r"alone/unityvideo.json: the VAE '../../vae' is not there.*export_assets=copy"):
+        resolve_asset(tmp_path / "alone", name, "VAE")
+    for mode in ("copy", "link"):
+        name, final = export(tmp_path / mode, mode)
+        assert name == "vae" and (final / "vae" / "config.json").is_file()
+        assert (final / "vae").is_symlink() == (mode == "link")
+    shutil.move(tmp_path / "copy" / "run" / "export", tmp_path / "copied")
+    assert resolve_asset(tmp_path / "copied", "vae", "VAE") == str(tmp_path / "copied" / "vae")
+    assert resolve_asset(tmp_path, "minilm", "text encoder") == "minilm"

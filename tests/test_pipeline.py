@@ -488,3 +488,23 @@ def test_estimate_mode_is_read_from_the_spec_and_can_be_overridden(checkpoint, t
     (old / "unityvideo.json").write_text(json.dumps({**raw, "estimate_mode": "once"}))
     with pytest.raises(ValueError, match="unityvideo.json: estimate_mode='once'"):
         load_checkpoint_spec(old)
+
+
+# ----- what the checkpoint says about estimation's caption ------------------------------------------
+
+
+def test_estimate_gets_a_caption_only_if_it_was_trained_with_one(pipe, monkeypatch):
+    """The shipped recipe trains L_est without a caption (estimate_caption false in the spec): the
+    prompt a user passes must not reach the model; a pipeline told otherwise passes it."""
+    seen = record_forwards(pipe, monkeypatch)
+    request = dict(video=video(2), task="estimate", modalities=["depth"], num_inference_steps=1, generator=gen(0))
+    assert pipe.spec.estimate_caption is False and pipe.estimate_caption is False
+    pipe(prompt="a red ball rolls", **request)
+    pipe(prompt="", **request)
+    assert torch.equal(seen[0][0].context, seen[1][0].context)
+    pipe.estimate_caption = True
+    try:
+        pipe(prompt="a red ball rolls", **request)
+    finally:
+        pipe.estimate_caption = False
+    assert not torch.equal(seen[2][0].context, seen[0][0].context)

@@ -54,7 +54,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .models.checkpoint import ESTIMATE_MODES, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec
+from .models.checkpoint import ESTIMATE_MODES, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, resolve_asset
 from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, LatentNorm, load_codec
 from .models.text import TextEncoder, load_text_encoder
 from .models.transformer import RGB, ConditionCache, Stream, UnityVideoTransformer
@@ -210,13 +210,6 @@ def _fresh_scheduler(scheduler, shift: float | None):
     return type(scheduler).from_config(config)
 
 
-def _resolve(folder: Path, path: str | None) -> str | None:
-    """A path in unityvideo.json: relative to the checkpoint folder when it exists there."""
-    if path is None or path == "minilm" or Path(path).is_absolute():
-        return path
-    return str(folder / path) if (folder / path).exists() else path
-
-
 # ----- the pipeline ----------------------------------------------------------------------------------
 
 
@@ -245,9 +238,16 @@ class UnityVideoPipeline:
         self.latent_norm = LatentNorm.from_json(spec.latent_norm if spec else None)
         self.scheduler = scheduler or make_scheduler("euler", spec.shift if spec else 1.0)
         self.estimate_mode = estimate_mode or (spec.estimate_mode if spec else "generative")
+        # estimate as trained: the paper's L_est sees no caption, so a prompt would be out of distribution
+        self.estimate_caption = spec.estimate_caption if spec else True
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._progress_config: dict[str, Any] = {}
-        self._ignored_noted: set[tuple[int, int]] = set()
+        self._noted: set = set()
+
+    def _note_once(self, key, message: str) -> None:
+        if key not in self._noted:
+            self._noted.add(key)
+            log.info(message)
 
     @property
     def estimate_mode(self) -> str:
@@ -274,8 +274,8 @@ class UnityVideoPipeline:
         if missing:
             raise ValueError(f"{folder / 'unityvideo.json'}: modalities {missing} are not in the transformer's "
                              f"config ({list(transformer.stream_names)}); re-export the checkpoint")
-        text_encoder = text_encoder or load_text_encoder(_resolve(folder, spec.text_encoder))
-        codec = codec or load_codec(spec.codec, _resolve(folder, spec.codec_folder))
+        text_encoder = text_encoder or load_text_encoder(resolve_asset(folder, spec.text_encoder, "text encoder"))
+        codec = codec or load_codec(spec.codec, resolve_asset(folder, spec.codec_folder, "VAE"))
         pipe = cls(transformer, text_encoder, codec, make_scheduler(scheduler, spec.shift), spec, estimate_mode)
         return pipe.to(device) if device is not None else pipe
 
@@ -373,6 +373,10 @@ class UnityVideoPipeline:
         videos = {name: _as_video(conditions[name], name) for name in plan.condition_names}
         batch = _batch_size(prompt, videos)
         captions = _as_list(prompt if prompt is not None else "", batch, "prompt")
+        if task == "estimate" and not self.estimate_caption and any(captions):
+            self._note_once("caption", "this checkpoint learned estimation without a caption "
+                            "(estimate_caption false): the prompt is not given to the model")
+            captions = [""] * batch
         negatives = _as_list(negative_prompt, batch, "negative_prompt")
         frames, height, width = self._geometry(videos, num_frames, height, width)
         latent_shape = check_geometry(self.codec.geometry, self.transformer.config.patch_size,
@@ -406,10 +410,10 @@ class UnityVideoPipeline:
     def _one_step_counts(self, steps: int, ensemble_size: int) -> tuple[int, int]:
         """One-step estimation runs one step and one member whatever was asked (callers such as eval pass
         per-modality counts for generative checkpoints); says so once per distinct request."""
-        if (steps, ensemble_size) != (1, 1) and (steps, ensemble_size) not in self._ignored_noted:
-            self._ignored_noted.add((steps, ensemble_size))
-            log.info("one-step estimation: num_inference_steps=%d and ensemble_size=%d ignored (a deterministic "
-                     "estimate takes one step and needs no ensemble)", steps, ensemble_size)
+        if (steps, ensemble_size) != (1, 1):
+            self._note_once(("one_step", steps, ensemble_size),
+                            f"one-step estimation: num_inference_steps={steps} and ensemble_size={ensemble_size} "
+                            "ignored (a deterministic estimate takes one step and needs no ensemble)")
         return 1, 1
 
     def _geometry(self, videos: dict[str, torch.Tensor], frames: int | None, height: int | None,

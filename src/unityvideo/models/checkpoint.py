@@ -6,13 +6,17 @@
     DIR/config.yaml       the exact training config of the run that produced it (optional)
 
 The trainer writes it (EMA weights), the pipeline and `unityvideo generate` read it. Fields added
-later have defaults, so older unityvideo.json files load unchanged (`estimate_mode`: "generative").
+later have defaults, so older unityvideo.json files load unchanged (`estimate_mode`: "generative",
+`estimate_caption`: false). Paths to the text encoder and VAE folders are relative to DIR when the
+trainer could write them so (a moved or copied folder keeps working; see `resolve_asset`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,10 @@ FORMAT = 1
 # How a checkpoint estimates modalities: "generative" (the paper's L_est, sampled from noise in N steps)
 # or "one_step" (x_0 in one deterministic step from t = 1 and a zero input; see unityvideo.flow).
 ESTIMATE_MODES = ("generative", "one_step")
+# How an export holds its text encoder and VAE folders: a path relative to the checkpoint folder (absolute
+# where none exists), a copy inside it, or a symbolic link inside it.
+ASSET_MODES = ("reference", "copy", "link")
+BUILTIN_TEXT_ENCODERS = ("minilm",)
 
 
 @dataclass
@@ -39,6 +47,7 @@ class CheckpointSpec:
     latent_norm: dict[str, list[float]] = field(default_factory=dict)  # stream -> [mean, std] (LatentNorm)
     step: int = 0
     estimate_mode: str = "generative"                # generative | one_step (ESTIMATE_MODES)
+    estimate_caption: bool = False                   # estimate was trained with the RGB caption (else with none)
     format: int = FORMAT
 
     def save(self, folder: str | Path) -> Path:
@@ -77,3 +86,39 @@ def load_checkpoint_spec(folder: str | Path) -> CheckpointSpec:
         raise ValueError(f"{path}: estimate_mode={spec.estimate_mode!r}; choose one of {ESTIMATE_MODES} "
                          "(or remove the field: the default is generative)")
     return spec
+
+
+def place_asset(path: str | None, staging: Path, final: Path, name: str, mode: str) -> str | None:
+    """Put a local asset folder (text encoder, VAE) of an export being written into `staging` (renamed to
+    `final` when complete) and return how unityvideo.json names it. Built-in names pass through."""
+    if path is None or path in BUILTIN_TEXT_ENCODERS:
+        return path
+    source = Path(path).resolve()
+    if not source.exists():
+        raise FileNotFoundError(f"{path}: the {name} folder to export does not exist")
+    if mode == "copy":
+        shutil.copytree(source, staging / name, symlinks=False)
+        return name
+    if mode == "link":
+        (staging / name).symlink_to(source, target_is_directory=source.is_dir())
+        return name
+    try:
+        return os.path.relpath(source, final.resolve())
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(source)
+
+
+def resolve_asset(folder: str | Path, path: str | None, what: str) -> str | None:
+    """The local folder unityvideo.json names for `what`: relative to the checkpoint folder (older exports
+    named it relative to the working directory, which is tried second), or a clear error."""
+    if path is None or path in BUILTIN_TEXT_ENCODERS:
+        return path
+    folder = Path(folder)
+    candidates = [Path(path)] if Path(path).is_absolute() else [folder / path, Path(path)]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"{folder / SPEC_NAME}: the {what} {path!r} is not there (looked for {', '.join(map(str, candidates))}); "
+        f"the checkpoint was moved without it. Put the {what} folder back at that place relative to the "
+        f"checkpoint, re-export with train.export_assets=copy, or pass a loaded {what} to from_pretrained")

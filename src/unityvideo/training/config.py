@@ -20,6 +20,7 @@ import yaml
 
 from ..data.files import read_utf8
 from ..flow import TASKS, RoutingConfig, TimestepSampler
+from ..models.checkpoint import ASSET_MODES
 from ..models.codec import LATENT_NORMS
 from ..models.transformer import PRESETS
 
@@ -117,6 +118,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     export_every: int = 0             # also export EMA weights every N steps (0 = only at the end)
+    # how an export holds a local text encoder / VAE folder: "reference" (a path relative to the export),
+    # "copy" (a copy inside it: self-contained, as large as the folders) or "link" (a symbolic link inside it)
+    export_assets: str = "reference"
     max_nonfinite: int = 10           # consecutive NaN/inf steps before the run aborts
     nan_steps: tuple[int, ...] = ()   # testing hook: make the loss NaN at these steps
     progress: bool = True
@@ -164,6 +168,8 @@ class Config:
         t = self.train
         if t.parallel not in PARALLEL_MODES:
             raise ValueError(f"train.parallel={t.parallel!r}; choose one of {PARALLEL_MODES}")
+        if t.export_assets not in ASSET_MODES:
+            raise ValueError(f"train.export_assets={t.export_assets!r}; choose one of {ASSET_MODES}")
         if t.precision not in PRECISIONS:
             raise ValueError(f"train.precision={t.precision!r}; choose one of {PRECISIONS}")
         if self.model.latent_norm not in LATENT_NORMS:

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..flow import TASKS, Route, flow_loss, route_batch, validation_route
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
-from ..models.checkpoint import SPEC_NAME, CheckpointSpec, load_checkpoint_spec
+from ..models.checkpoint import SPEC_NAME, CheckpointSpec, load_checkpoint_spec, place_asset
 from .checkpoint import find_checkpoint, last_good_checkpoint, load_checkpoint, point_latest_at, save_checkpoint
 from .config import Config, dump_config
 from .data import (ClipStreams, LatentCache, StepBatches, TextBank, collate_samples, manifest_of, prepare_world,
@@ -588,13 +588,17 @@ class Trainer:
             plain.save_pretrained(tmp / "transformer", safe_serialization=True)
             data = cfg.stage_data(cfg.stages[-1])
             tasks = [t for t in TASKS if any(cfg.stage_routing(s).tasks.get(t, 0) > 0 for s in cfg.stages)]
-            CheckpointSpec(text_encoder=cfg.model.text_encoder, codec=cfg.model.codec,
-                           codec_folder=cfg.model.codec_folder, modalities=cfg.modalities, tasks=tasks,
+            assets = cfg.train.export_assets
+            CheckpointSpec(text_encoder=place_asset(cfg.model.text_encoder, tmp, folder, "text_encoder", assets),
+                           codec=cfg.model.codec,
+                           codec_folder=place_asset(cfg.model.codec_folder, tmp, folder, "vae", assets),
+                           modalities=cfg.modalities, tasks=tasks,
                            frames=data.frames, size=tuple(data.size) if data.size else (0, 0),
                            fps=float(data.world.fps) if data.world else 8.0, shift=cfg.routing.timesteps.shift,
                            modality_prompt_template=cfg.routing.modality_prompt_template,
                            latent_norm=self.latent_norm.to_json(), step=self.step,
-                           estimate_mode=cfg.routing.estimate_mode).save(tmp)
+                           estimate_mode=cfg.routing.estimate_mode,
+                           estimate_caption=cfg.routing.estimate_caption).save(tmp)
             (tmp / "config.yaml").write_text(dump_config(cfg))
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
