@@ -532,3 +532,41 @@ def test_exported_asset_paths_survive_a_move(tmp_path):
     shutil.move(tmp_path / "copy" / "run" / "export", tmp_path / "copied")
     assert resolve_asset(tmp_path / "copied", "vae", "VAE") == str(tmp_path / "copied" / "vae")
     assert resolve_asset(tmp_path, "minilm", "text encoder") == "minilm"
+
+
+# ----- Wan's text convention through the real text paths ------------------------------------------------
+
+
+def test_a_wan_backbone_with_umt5_is_wan_through_the_trainer_and_pipeline_text_paths(tmp_path):
+    """umT5 features zero-padded to 512 and attended with no mask (Wan's and WanPipeline's convention):
+    the single-RGB-stream forward of from_backbone equals WanTransformer3DModel, with the features the
+    trainer's TextBank and the pipeline hand the model. The masked convention is not Wan."""
+    from test_text import tiny_umt5_folder
+
+    from unityvideo.models import PixelCodec, load_text_encoder
+    from unityvideo.models.checkpoint import CheckpointSpec
+    from unityvideo.pipeline import UnityVideoPipeline, plan_streams
+    from unityvideo.training.data import TextBank
+
+    encoder = load_text_encoder(str(tiny_umt5_folder(tmp_path / "umt5")))
+    assert encoder.convention == "zero_padded"
+    torch.manual_seed(1)
+    wan = WanTransformer3DModel(**{**PRESETS["tiny"], "num_layers": 2, "text_dim": encoder.dim}).eval()
+    wan.save_pretrained(tmp_path / "wan")
+    model = UnityVideoTransformer.from_backbone(tmp_path / "wan", modalities=("depth",)).eval()
+    captions = ["a ball rolls", "a person in a red shirt jumps over a box"]
+    reference_text = encoder.encode(captions)[0]  # WanPipeline: umT5 features, zeros to 512
+    latent, t = torch.randn(2, 48, 2, 4, 4), torch.tensor([0.3, 0.8])
+    bank = TextBank(encoder, torch.device("cpu"))
+    bank.warm(captions)
+    pipe = UnityVideoPipeline(model, encoder, PixelCodec(4), spec=CheckpointSpec(text_convention="zero_padded"))
+    paths = {"trainer": bank(captions),
+             "pipeline": pipe._contexts(plan_streams("t2v"), captions, ["", ""], False)["rgb"]["cond"]}
+    with torch.no_grad():
+        expected = wan(latent, 1000 * t, reference_text).sample
+        for where, (context, mask) in paths.items():
+            assert context.shape == (2, 512, encoder.dim) and mask is None, where
+            got = model([Stream("rgb", latent, t, context, mask)])[0]
+            assert (got - expected).abs().max() <= 1e-5, where
+        masked, mask = encoder.model_inputs(captions, convention="masked")
+        assert (model([Stream("rgb", latent, t, masked, mask)])[0] - expected).abs().max() > 1e-3

@@ -240,6 +240,8 @@ class UnityVideoPipeline:
         self.estimate_mode = estimate_mode or (spec.estimate_mode if spec else "generative")
         # estimate as trained: the paper's L_est sees no caption, so a prompt would be out of distribution
         self.estimate_caption = spec.estimate_caption if spec else True
+        # text as trained (models.text.TEXT_CONVENTIONS); without a spec, the encoder's own
+        self.text_convention = spec.text_convention if spec else text_encoder.convention
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._progress_config: dict[str, Any] = {}
         self._noted: set = set()
@@ -436,11 +438,12 @@ class UnityVideoPipeline:
             raise ValueError("num_frames, height and width are needed (the pipeline has no checkpoint spec)")
         return out
 
-    def _modality_prompt(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, L, D) features and mask of a modality's in-context prompt, encoded once per pipeline."""
+    def _modality_prompt(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(1, L, D) features and mask (or None) of a modality's in-context prompt, encoded once."""
         if name not in self._prompt_cache:
             template = self.spec.modality_prompt_template if self.spec else "{prompt}"
-            self._prompt_cache[name] = self.text_encoder.encode([template.format(prompt=get_modality(name).prompt)])
+            self._prompt_cache[name] = self.text_encoder.model_inputs(
+                [template.format(prompt=get_modality(name).prompt)], convention=self.text_convention)
         return self._prompt_cache[name]
 
     def _contexts(self, plan: StreamPlan, captions: list[str], negatives: list[str], with_negative: bool):
@@ -448,19 +451,20 @@ class UnityVideoPipeline:
         Captions and negative prompts are encoded together so both pad to one length."""
         batch = len(captions)
         texts = captions + (negatives if with_negative else [])
-        features, mask = self.text_encoder.encode(texts)
-        caption = (features[:batch], mask[:batch])
-        negative = (features[batch:], mask[batch:]) if with_negative else caption
+        features, mask = self.text_encoder.model_inputs(texts, convention=self.text_convention)
+        caption = (features[:batch], None if mask is None else mask[:batch])
+        negative = (features[batch:], None if mask is None else mask[batch:]) if with_negative else caption
         out = {}
         for name in plan.streams:
             if name == RGB:
                 out[name] = {"cond": caption, "modality": caption, "text": negative}
             else:
                 f, m = self._modality_prompt(name)
-                same = (f.expand(batch, -1, -1), m.expand(batch, -1))
+                same = (f.expand(batch, -1, -1), None if m is None else m.expand(batch, -1))
                 out[name] = {"cond": same, "text": same, "modality": same}
         dtype, device = self.dtype, self.device
-        return {n: {p: (f.to(device, dtype), m.to(device)) for p, (f, m) in d.items()} for n, d in out.items()}
+        return {n: {p: (f.to(device, dtype), None if m is None else m.to(device)) for p, (f, m) in d.items()}
+                for n, d in out.items()}
 
     def _check_cache_condition(self, plan: StreamPlan) -> None:
         if not plan.condition_names:
@@ -672,8 +676,9 @@ def _stack_caches(caches: list[ConditionCache]) -> ConditionCache:
     return ConditionCache.cat(caches)
 
 
-def _same_context(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> bool:
-    return a[0].shape == b[0].shape and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+def _same_context(a: tuple[torch.Tensor, torch.Tensor | None], b: tuple[torch.Tensor, torch.Tensor | None]) -> bool:
+    same_mask = (a[1] is None and b[1] is None) or (a[1] is not None and b[1] is not None and torch.equal(a[1], b[1]))
+    return same_mask and a[0].shape == b[0].shape and torch.equal(a[0], b[0])
 
 
 def _cat_streams(streams: list[Stream]) -> Stream:
@@ -683,10 +688,15 @@ def _cat_streams(streams: list[Stream]) -> Stream:
     def pad(t: torch.Tensor, value) -> torch.Tensor:  # along dim 1 (tokens)
         return torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, length - t.shape[1]), value=value)
 
+    if all(s.context_mask is None and s.context.shape[1] == length for s in streams):
+        mask = None  # every token of every pass attended (the zero-padded convention)
+    else:
+        mask = torch.cat([pad(s.context_mask if s.context_mask is not None else
+                              torch.ones(s.context.shape[:2], dtype=torch.bool, device=s.context.device), False)
+                          for s in streams])
     return Stream(streams[0].modality, torch.cat([s.latent for s in streams]),
                   torch.cat([torch.as_tensor(s.timestep) for s in streams]),
-                  torch.cat([pad(s.context, 0.0) for s in streams]),
-                  torch.cat([pad(s.context_mask, False) for s in streams]))
+                  torch.cat([pad(s.context, 0.0) for s in streams]), mask)
 
 
 def read_transformer_config(folder: str | Path) -> dict:

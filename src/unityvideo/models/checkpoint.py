@@ -26,6 +26,12 @@ FORMAT = 1
 # How a checkpoint estimates modalities: "generative" (the paper's L_est, sampled from noise in N steps)
 # or "one_step" (x_0 in one deterministic step from t = 1 and a zero input; see unityvideo.flow).
 ESTIMATE_MODES = ("generative", "one_step")
+# How the transformer sees a prompt's features. "masked": a key mask hides the padding (only real tokens
+# are attended, so the padding length does not matter and may be trimmed). "zero_padded": Wan's and
+# diffusers' WanPipeline convention, features zero past the prompt's tokens, padded to 512 and every
+# position attended with no mask; the padding's projected features are not zero (the text embedder has
+# biases), so a Wan backbone is Wan only under this convention.
+TEXT_CONVENTIONS = ("masked", "zero_padded")
 # How an export holds its text encoder and VAE folders: a path relative to the checkpoint folder (absolute
 # where none exists), a copy inside it, or a symbolic link inside it.
 ASSET_MODES = ("reference", "copy", "link")
@@ -48,6 +54,7 @@ class CheckpointSpec:
     step: int = 0
     estimate_mode: str = "generative"                # generative | one_step (ESTIMATE_MODES)
     estimate_caption: bool = False                   # estimate was trained with the RGB caption (else with none)
+    text_convention: str = "masked"                  # masked | zero_padded (Wan's): models.text.TEXT_CONVENTIONS
     format: int = FORMAT
 
     def save(self, folder: str | Path) -> Path:
@@ -82,6 +89,8 @@ def load_checkpoint_spec(folder: str | Path) -> CheckpointSpec:
                          f"understands ({FORMAT}); upgrade unityvideo")
     spec = CheckpointSpec(**raw)
     spec.size = tuple(spec.size)
+    if spec.text_convention not in TEXT_CONVENTIONS:
+        raise ValueError(f"{path}: text_convention={spec.text_convention!r}; choose one of {TEXT_CONVENTIONS}")
     if spec.estimate_mode not in ESTIMATE_MODES:
         raise ValueError(f"{path}: estimate_mode={spec.estimate_mode!r}; choose one of {ESTIMATE_MODES} "
                          "(or remove the field: the default is generative)")

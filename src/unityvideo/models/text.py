@@ -20,6 +20,8 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from .checkpoint import TEXT_CONVENTIONS
+
 UMT5_TEXT_LEN = 512  # Wan's text length: umT5 features zero-padded to 512 tokens
 
 
@@ -29,10 +31,15 @@ class TextEncoder:
     name: identifies the model in the disk cache (two encoders with one name must give equal features).
     max_length: tokens per prompt (longer prompts are truncated).
     pad_to: default output length (zero features, mask False); None pads to the batch's longest prompt.
+    convention: how `model_inputs` hands features to the transformer (TEXT_CONVENTIONS); default
+        "zero_padded" for umT5 (Wan's), "masked" otherwise.
     """
 
     def __init__(self, model, tokenizer, name: str, max_length: int, pad_to: int | None = None,
-                 cache_size: int = 4096, cache_dir: str | Path | None = None):
+                 cache_size: int = 4096, cache_dir: str | Path | None = None, convention: str = "masked"):
+        if convention not in TEXT_CONVENTIONS:
+            raise ValueError(f"text convention {convention!r}; choose one of {TEXT_CONVENTIONS}")
+        self.convention = convention
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
@@ -73,6 +80,7 @@ class TextEncoder:
             raise FileNotFoundError(f"{model_folder / 'config.json'}: missing; expected a UMT5EncoderModel folder")
         model = UMT5EncoderModel.from_pretrained(model_folder, torch_dtype=torch_dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+        kwargs.setdefault("convention", "zero_padded")
         return cls(model, tokenizer, name=f"umt5:{model_folder.resolve()}", max_length=UMT5_TEXT_LEN,
                    pad_to=pad_to, **kwargs)
 
@@ -104,6 +112,18 @@ class TextEncoder:
                 self._store(text, features)
                 found[text] = features
         return _pad([found[t] for t in texts], self.pad_to if pad_to == "default" else pad_to)
+
+    def model_inputs(self, texts: Sequence[str], length: int | None = None,
+                     convention: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, mask or None) as the transformer takes them under `convention` (default: the
+        encoder's). masked: padded to `length` (default: the batch's longest prompt), with the mask;
+        zero_padded: padded to the encoder's pad_to (Wan: 512) and no mask, every position attended."""
+        convention = convention or self.convention
+        if convention not in TEXT_CONVENTIONS:
+            raise ValueError(f"text convention {convention!r}; choose one of {TEXT_CONVENTIONS}")
+        if convention == "zero_padded":
+            return self.encode(texts)[0], None
+        return self.encode(texts, pad_to=length)
 
     @torch.no_grad()
     def _run_model(self, texts: list[str]) -> list[torch.Tensor]:

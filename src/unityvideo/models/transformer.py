@@ -660,6 +660,8 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         if not needs_mask:
             return context, None
         mask = torch.stack([_padded_mask(c, m, length) for c, m in pairs], dim=1).flatten(0, 1)
+        if bool(mask.all()):  # nothing hidden: no mask, so the attention backend may use flash kernels
+            return context, None
         if not bool(mask.any(dim=1).all()):
             raise ValueError("a context_mask row has no True entry (no token to attend to); an empty caption "
                              "still has special tokens, so keep them in the mask")

@@ -20,7 +20,7 @@ import yaml
 
 from ..data.files import read_utf8
 from ..flow import TASKS, RoutingConfig, TimestepSampler
-from ..models.checkpoint import ASSET_MODES
+from ..models.checkpoint import ASSET_MODES, TEXT_CONVENTIONS
 from ..models.codec import LATENT_NORMS
 from ..models.transformer import PRESETS
 
@@ -69,6 +69,9 @@ class ModelConfig:
     backbone: str | None = None
     init: str | None = None
     text_encoder: str = "minilm"
+    # how prompts reach the transformer (models.text.TEXT_CONVENTIONS): "auto" = model.init's, else the
+    # encoder's own (umT5: zero_padded, Wan's: 512 tokens, no mask; MiniLM: masked)
+    text_convention: str = "auto"
     codec: str = "pixel4"
     codec_folder: str | None = None
     # "per_stream": each stream's latents scaled to zero mean, unit std (stats measured on the training
@@ -168,6 +171,9 @@ class Config:
         t = self.train
         if t.parallel not in PARALLEL_MODES:
             raise ValueError(f"train.parallel={t.parallel!r}; choose one of {PARALLEL_MODES}")
+        if self.model.text_convention not in ("auto", *TEXT_CONVENTIONS):
+            raise ValueError(f"model.text_convention={self.model.text_convention!r}; choose auto or one of "
+                             f"{TEXT_CONVENTIONS}")
         if t.export_assets not in ASSET_MODES:
             raise ValueError(f"train.export_assets={t.export_assets!r}; choose one of {ASSET_MODES}")
         if t.precision not in PRECISIONS:

@@ -209,12 +209,14 @@ def sample_noise(seed: int, number: int, shape: tuple[int, ...], modality: bool)
 
 
 class TextBank:
-    """Text features for captions and modality prompts, padded to one fixed length (so a sample's
-    features do not depend on which other samples share its batch)."""
+    """Text features for captions and modality prompts as the transformer takes them (the encoder's
+    convention, `models.text`), padded to one fixed length so a sample's features do not depend on
+    which other samples share its batch: the longest known prompt when masked, pad_to when zero-padded."""
 
-    def __init__(self, encoder, device: torch.device):
+    def __init__(self, encoder, device: torch.device, convention: str | None = None):
         self.encoder = encoder
         self.device = device
+        self.convention = convention or encoder.convention
         self.length = 8
 
     def warm(self, texts: list[str]) -> None:
@@ -225,9 +227,9 @@ class TextBank:
             self.length = max(self.length, int(mask.sum(dim=1).max()))
         self.length = -(-self.length // 8) * 8
 
-    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        features, mask = self.encoder.encode(list(texts), pad_to=self.length)
-        return features.to(self.device), mask.to(self.device)
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        features, mask = self.encoder.model_inputs(list(texts), length=self.length, convention=self.convention)
+        return features.to(self.device), None if mask is None else mask.to(self.device)
 
 
 # ----- latents ------------------------------------------------------------------------------------

@@ -154,7 +154,8 @@ class Trainer:
             self.stage_clips.append(built[id(data)][0])
             self.val_clips.append(built[id(data)][1])
         first = cfg.stage_data(cfg.stages[0])
-        self.text = TextBank(load_text_encoder(cfg.model.text_encoder, cache_dir=first.text_cache), rt.device)
+        encoder = load_text_encoder(cfg.model.text_encoder, cache_dir=first.text_cache)
+        self.text = TextBank(encoder, rt.device, self._text_convention(encoder))
         texts = [r.caption for clips in self.stage_clips + [v for v in self.val_clips if v] for r in clips.records]
         texts += [cfg.routing.modality_prompt(m) for m in cfg.modalities]
         self.text.warm(texts)
@@ -162,6 +163,17 @@ class Trainer:
         self.latent_caches = [LatentCache(cfg.stage_data(s).latent_cache, cfg.model.codec, cfg.stage_data(s))
                               if cfg.stage_data(s).latent_cache else None for s in cfg.stages]
         self.latent_norm = self._latent_norm()
+
+    def _text_convention(self, encoder) -> str:
+        """model.text_convention, where "auto" keeps model.init's (a fine-tune stays in the convention its
+        model learned), else the encoder's own (umT5: Wan's zero padding without a mask)."""
+        chosen = self.config.model.text_convention
+        if chosen != "auto":
+            return chosen
+        init = Path(self.config.model.init) if self.config.model.init else None
+        if init is not None and (init / SPEC_NAME).is_file():
+            return load_checkpoint_spec(init).text_convention
+        return encoder.convention
 
     def _latent_norm(self, sample_clips: int = 32) -> LatentNorm:
         """The run's LatentNorm: kept in the run folder (a resume reuses it), inherited from model.init
@@ -598,7 +610,8 @@ class Trainer:
                            modality_prompt_template=cfg.routing.modality_prompt_template,
                            latent_norm=self.latent_norm.to_json(), step=self.step,
                            estimate_mode=cfg.routing.estimate_mode,
-                           estimate_caption=cfg.routing.estimate_caption).save(tmp)
+                           estimate_caption=cfg.routing.estimate_caption,
+                           text_convention=self.text.convention).save(tmp)
             (tmp / "config.yaml").write_text(dump_config(cfg))
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
