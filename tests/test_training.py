@@ -263,6 +263,25 @@ def test_bad_clips_are_reported_once_each_and_totalled(small_config, reference_r
     assert row["skipped_clips/missing_file"] == 1 and row["skipped_clips/corrupt_video"] == 1
 
 
+def test_validation_encodes_each_clip_once_per_run(small_config, tmp_path, monkeypatch):
+    """Validation's clips are fixed, so their latents are encoded at the first pass and reused (a
+    Wan VAE made re-encoding most of a small run's time); the unrelated-condition passes still read
+    the other clip's latent (their loss differs: test_run_folder_logs_config_checkpoints_and_export)."""
+    from unityvideo.models.codec import PixelCodec
+
+    encoded = []
+    original = PixelCodec.encode
+    monkeypatch.setattr(PixelCodec, "encode", lambda self, video: encoded.append(1) or original(self, video))
+    overrides = ["train.eval_every=1", "stages.0.steps=2", "stages.1.steps=1", "train.checkpoint_every=100"]
+    train(config_for(small_config, tmp_path / "run", "stages.1.modalities={depth: 1, flow: 1, densepose: 1}",
+                     *overrides))
+    passes = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "val"]
+    assert len(passes) == 4
+    train_encodes = 3 * 4 * 2  # steps x batch x (rgb + modality), no latent cache
+    val_clips, streams = 2, 1 + 3
+    assert len(encoded) <= train_encodes + 2 * val_clips * streams  # once per stage (767 when re-encoded)
+
+
 def test_latent_cache_is_filled_then_used(small_config, tmp_path):
     overrides = [f"data.latent_cache={tmp_path / 'latents'}", "train.eval_every=0", "stages.0.steps=2",
                  "stages.1.steps=1", "train.checkpoint_every=100"]

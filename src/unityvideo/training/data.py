@@ -235,6 +235,20 @@ class TextBank:
 # ----- latents ------------------------------------------------------------------------------------
 
 
+class MemoryLatents:
+    """Codec latents kept in memory by (clip id, stream), LatentCache's interface: validation encodes its
+    fixed clips once per run instead of once per pass (with a Wan VAE, most of a small run's time)."""
+
+    def __init__(self):
+        self._latents: dict[tuple[str, str], torch.Tensor] = {}
+
+    def get(self, clip_id: str, stream: str) -> torch.Tensor | None:
+        return self._latents.get((clip_id, stream))
+
+    def put(self, clip_id: str, stream: str, latent: torch.Tensor) -> None:
+        self._latents[(clip_id, stream)] = latent.detach()
+
+
 class LatentCache:
     """Precomputed latents on disk, one safetensors file per (clip, stream, frames, size, codec).
 

@@ -31,8 +31,8 @@ from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_te
 from ..models.checkpoint import SPEC_NAME, CheckpointSpec, load_checkpoint_spec, place_asset
 from .checkpoint import find_checkpoint, last_good_checkpoint, load_checkpoint, point_latest_at, save_checkpoint
 from .config import Config, dump_config
-from .data import (ClipStreams, LatentCache, StepBatches, TextBank, collate_samples, manifest_of, prepare_world,
-                   sample_noise, split_records)
+from .data import (ClipStreams, LatentCache, MemoryLatents, StepBatches, TextBank, collate_samples, manifest_of,
+                   prepare_world, sample_noise, split_records)
 from .logger import MetricLogger
 from .parallel import (Runtime, all_reduce_max, all_reduce_max_tensor, all_reduce_sum, apply_parallel,
                        choose_parallel, compute_dtype, init_runtime, inner_model, shutdown)
@@ -160,6 +160,7 @@ class Trainer:
         texts += [cfg.routing.modality_prompt(m) for m in cfg.modalities]
         self.text.warm(texts)
         self.codec = load_codec(cfg.model.codec, cfg.model.codec_folder).to(rt.device)
+        self.val_latents = [MemoryLatents() for _ in cfg.stages]
         self.latent_caches = [LatentCache(cfg.stage_data(s).latent_cache, cfg.model.codec, cfg.stage_data(s))
                               if cfg.stage_data(s).latent_cache else None for s in cfg.stages]
         self.latent_norm = self._latent_norm()
@@ -429,13 +430,14 @@ class Trainer:
     @torch.no_grad()
     def _codec_latent(self, item: dict, stream: str, video: torch.Tensor, cache: LatentCache | None) -> torch.Tensor:
         """The codec's latent of one clip's stream, from the latent cache when it has it."""
+        clip_id = item.get("source_ids", {}).get(stream, item["clip_id"])  # the clip `video` comes from
         if cache is not None:
-            found = cache.get(item["clip_id"], stream)
+            found = cache.get(clip_id, stream)
             if found is not None:
                 return found.to(self.runtime.device)
         latent = self.codec.encode(video[None].to(self.runtime.device))[0]
         if cache is not None:
-            cache.put(item["clip_id"], stream, latent)
+            cache.put(clip_id, stream, latent)
         return latent
 
     # ----- the update -----------------------------------------------------------------------------
@@ -510,10 +512,13 @@ class Trainer:
                         item = clips[_EvalRef(clip, route)]
                         if unrelated:
                             other = clips[_EvalRef((clip + 1) % len(clips), route)]
-                            item = {**item, CONDITION_OF[t]: other[CONDITION_OF[t]]}
+                            condition = RGB if CONDITION_OF[t] == "rgb" else m
+                            item = {**item, CONDITION_OF[t]: other[CONDITION_OF[t]],
+                                    "source_ids": {condition: other["clip_id"]}}  # its latent is the other clip's
                         items.append({**item, "number": clip * 1000 + int(t_val * 999)})
                         routes.append(route)
-                    groups = self._groups(items, routes, routing, None, cfg.train.seed + EVAL_NOISE_SEED)
+                    groups = self._groups(items, routes, routing, self.val_latents[stage_index],
+                                          cfg.train.seed + EVAL_NOISE_SEED)
                     outputs, _ = self._call([g.streams for g in groups])
                     for group, preds in zip(groups, outputs):
                         losses = flow_loss(preds, group).double().cpu().tolist()
