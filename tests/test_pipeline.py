@@ -508,3 +508,49 @@ def test_estimate_gets_a_caption_only_if_it_was_trained_with_one(pipe, monkeypat
     finally:
         pipe.estimate_caption = False
     assert not torch.equal(seen[2][0].context, seen[0][0].context)
+
+
+# ----- what diffusers users expect of a pipeline call ------------------------------------------------
+
+
+def test_output_types_callback_and_videos_per_prompt(pipe):
+    request = dict(prompt="a ball", task="t2v", num_frames=F, height=H, width=W, num_inference_steps=3)
+    base = pipe(**request, generator=gen(0))
+    pt = pipe(**request, generator=gen(0), output_type="pt").frames["rgb"]
+    assert pt.shape == (1, F, 3, H, W) and pt.dtype == torch.float32
+    assert torch.equal((pt * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2), torch.from_numpy(base.frames["rgb"]))
+    pil = pipe(**request, generator=gen(0), output_type="pil").frames["rgb"]
+    assert len(pil) == 1 and len(pil[0]) == F and np.array_equal(np.asarray(pil[0][2]), base.frames["rgb"][0, 2])
+
+    seen = []
+
+    def zero_after_last_step(p, step, timestep, kwargs):
+        seen.append(step)
+        return {"latents": torch.zeros_like(kwargs["latents"])} if step == 2 else None
+
+    zeroed = pipe(**request, generator=gen(0), output_type="latent", callback_on_step_end=zero_after_last_step)
+    assert seen == [0, 1, 2] and not zeroed.latents["rgb"].any()
+
+    two = pipe(**request, generator=gen(0), num_videos_per_prompt=2)
+    assert two.frames["rgb"].shape[0] == 2 and not np.array_equal(two.frames["rgb"][0], two.frames["rgb"][1])
+
+
+def test_model_cpu_offload_moves_one_model_at_a_time_and_changes_nothing(pipe, monkeypatch):
+    request = dict(video=video(4), task="estimate", modalities=["depth"], num_inference_steps=2)
+    plain = pipe(**request, generator=gen(0))
+    moves = []
+    for name in ("text_encoder", "transformer", "codec"):
+        module = getattr(pipe, name)
+        original = module.to
+        monkeypatch.setattr(module, "to", lambda device, _o=original, _n=name: moves.append((_n, str(device))) or _o(device))
+    pipe.enable_model_cpu_offload("cpu")
+    try:
+        offloaded = pipe(**request, generator=gen(0))
+    finally:
+        pipe._offload_device = None
+    assert np.array_equal(offloaded.frames["depth"], plain.frames["depth"])
+    running = [n for n, d in moves[3:] if d == "cpu"]  # after enable's own pipe.to("cpu")
+    assert moves[3:] == [(n, "cpu") for n in running] and running[::2] == ["codec", "text_encoder", "transformer",
+                                                                            "codec"]
+    with pytest.raises(ValueError, match="only the Wan VAE codecs tile"):
+        pipe.enable_vae_tiling()

@@ -41,11 +41,12 @@ not used (UniPC's first sigma is not exactly 1). The other tasks sample as usual
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -76,7 +77,8 @@ log = logging.getLogger("unityvideo.pipeline")
 
 @dataclass
 class UnityVideoPipelineOutput(BaseOutput):
-    """frames: generated stream -> uint8 (B, F, H, W, 3) (the stream's video encoding);
+    """frames: generated stream -> its video encoding, uint8 (B, F, H, W, 3) (output_type "pt": float
+    (B, F, 3, H, W) in [0, 1]; "pil": per sample a list of PIL images);
     raw: generated modality -> one decoded raw array per sample (WorldClip layout, e.g. depth (F, H, W));
     latents: every stream's final latent (B, C, F', H', W'), conditions included (unchanged);
     hints: the decode hints used per modality (depth near, flow max_flow, ...)."""
@@ -245,6 +247,7 @@ class UnityVideoPipeline:
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._progress_config: dict[str, Any] = {}
         self._noted: set = set()
+        self._offload_device: torch.device | None = None
 
     def _note_once(self, key, message: str) -> None:
         if key not in self._noted:
@@ -290,7 +293,39 @@ class UnityVideoPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        """Where the computation runs (with model CPU offload: the offload device, not the weights')."""
+        return self._offload_device or self.transformer.device
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> "UnityVideoPipeline":
+        """Keep text encoder, transformer and codec in CPU memory and move each to `device` only while
+        it runs (text encoding, denoising, VAE encode / decode): the GPU holds one model at a time, at
+        the cost of a transfer per call. As diffusers' pipelines do."""
+        self.to("cpu")
+        self._offload_device = torch.device(device)
+        return self
+
+    def enable_vae_tiling(self) -> "UnityVideoPipeline":
+        """Decode / encode the Wan VAE in spatial tiles (diffusers' AutoencoderKLWan tiling): less memory
+        at large sizes. The pixel codecs need none."""
+        vae = getattr(self.codec, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            raise ValueError(f"{type(self.codec).__name__} has no tiling; only the Wan VAE codecs tile")
+        vae.enable_tiling()
+        return self
+
+    @contextlib.contextmanager
+    def _running(self, module):
+        """With model CPU offload: `module` on the offload device for the duration, then back to the CPU."""
+        if self._offload_device is None:
+            yield
+            return
+        module.to(self._offload_device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            if self._offload_device.type == "cuda":
+                torch.cuda.empty_cache()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -324,6 +359,8 @@ class UnityVideoPipeline:
         batch_cfg: bool = True,
         cache_condition: bool = False,
         ensemble_size: int = 1,
+        num_videos_per_prompt: int = 1,
+        callback_on_step_end: Callable[["UnityVideoPipeline", int, Any, dict], dict] | None = None,
     ) -> UnityVideoPipelineOutput:
         """Generate (or estimate) the target streams of `task`.
 
@@ -337,7 +374,12 @@ class UnityVideoPipeline:
         shift: timestep shift (default: the checkpoint's). generator: one, or one per sample.
         decode_hints: modality -> hints for get_modality(m).decode (defaults: depth near=1.0, i.e.
             relative depth; flow max_flow = max(H, W) / 8).
-        output_type: "np" (frames + raw) or "latent" (latents only, no decoding).
+        output_type: "np" (uint8 frames (B, F, H, W, 3) + raw), "pt" (float frames (B, F, 3, H, W) in
+            [0, 1] + raw), "pil" (per sample a list of PIL images + raw) or "latent" (latents only).
+        num_videos_per_prompt: samples per prompt (each with its own noise); the batch grows N times.
+        callback_on_step_end: called after every denoising step as f(pipe, step, timestep, {"latents":
+            x}) with x the targets (B, T, C, F, H, W); a returned {"latents": ...} replaces them
+            (diffusers' convention). One-step estimation calls it once.
         batch_cfg: run the guidance passes as one batched forward (False: one forward each, less memory).
         cache_condition: compute the condition streams' keys and values once and reuse them in every
             step (control, estimate; needs a transformer trained with condition_isolation=True).
@@ -356,8 +398,10 @@ class UnityVideoPipeline:
         plan = plan_streams(task, modalities, list(conditions),
                             self.spec.tasks if self.spec else None,
                             self.spec.modalities if self.spec else self.transformer.stream_names[1:])
-        if output_type not in ("np", "latent"):
-            raise ValueError(f"output_type={output_type!r}; choose 'np' or 'latent'")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}; choose one of {OUTPUT_TYPES}")
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         g_text = DEFAULT_GUIDANCE[task] if guidance_scale is None else float(guidance_scale)
@@ -368,7 +412,7 @@ class UnityVideoPipeline:
         if cache_condition:
             self._check_cache_condition(plan)
         one_step = task == "estimate" and self.estimate_mode == "one_step"
-        _check_ensemble(ensemble_size, task, "np" if one_step else output_type)  # one step: the size is ignored
+        _check_ensemble(ensemble_size, task, "np" if one_step or output_type != "latent" else output_type)
         if one_step:
             num_inference_steps, ensemble_size = self._one_step_counts(num_inference_steps, ensemble_size)
 
@@ -380,32 +424,43 @@ class UnityVideoPipeline:
                             "(estimate_caption false): the prompt is not given to the model")
             captions = [""] * batch
         negatives = _as_list(negative_prompt, batch, "negative_prompt")
+        if num_videos_per_prompt > 1:
+            n = num_videos_per_prompt
+            captions, negatives = ([t for t in texts for _ in range(n)] for texts in (captions, negatives))
+            videos = {k: v.expand(batch, -1, -1, -1, -1).repeat_interleave(n, dim=0) for k, v in videos.items()}
+            batch *= n
         frames, height, width = self._geometry(videos, num_frames, height, width)
         latent_shape = check_geometry(self.codec.geometry, self.transformer.config.patch_size,
                                       self.transformer.config.rope_max_seq_len, frames, height, width,
                                       len(plan.streams))
 
         device = self.device
-        clean = {name: self.latent_norm.normalize(self.codec.encode(v.expand(batch, -1, -1, -1, -1).to(device)), name)
-                 .float() for name, v in videos.items()}
+        with self._running(self.codec):
+            clean = {name: self.latent_norm.normalize(self.codec.encode(v.expand(batch, -1, -1, -1, -1).to(device)),
+                                                      name).float() for name, v in videos.items()}
         passes = ["cond"] + (["text"] if g_text != 1.0 else []) + (["modality"] if g_mod != 1.0 else [])
-        contexts = self._contexts(plan, captions, negatives, "text" in passes)
+        with self._running(self.text_encoder):
+            contexts = self._contexts(plan, captions, negatives, "text" in passes)
 
-        caches = self._condition_caches(plan, clean, contexts, passes, batch, batch_cfg) if cache_condition else {}
-        guidance = (passes, g_text, g_mod, batch_cfg, caches)
-        shape = (batch, len(plan.target_names), *latent_shape)
-        members = [self._estimate_once(plan, shape, clean, contexts, guidance, generator)] if one_step else \
-            [self._denoise(plan, shape, clean, contexts, guidance, num_inference_steps, shift, generator)
-             for _ in range(ensemble_size)]
+        with self._running(self.transformer):
+            caches = self._condition_caches(plan, clean, contexts, passes, batch, batch_cfg) if cache_condition else {}
+            guidance = (passes, g_text, g_mod, batch_cfg, caches)
+            shape = (batch, len(plan.target_names), *latent_shape)
+            members = [self._estimate_once(plan, shape, clean, contexts, guidance, generator, callback_on_step_end)] \
+                if one_step else [self._denoise(plan, shape, clean, contexts, guidance, num_inference_steps, shift,
+                                                generator, callback_on_step_end) for _ in range(ensemble_size)]
         latents = [{**{name: x[:, k] for k, name in enumerate(plan.target_names)}, **clean} for x in members]
         latents = [{name: member[name] for name in plan.streams} for member in latents]
         if output_type == "latent":
             return UnityVideoPipelineOutput(frames={}, raw={}, latents=latents[0])
-        videos = [self._frames(plan, member) for member in latents]
+        with self._running(self.codec):
+            videos = [self._frames(plan, member) for member in latents]
         if ensemble_size > 1:
             videos = [{name: np.stack([get_modality(name).combine([m[name][b] for m in videos]) for b in range(batch)])
                        for name in plan.target_names}]
-        return self._decode(plan, videos[0], latents[0], height, width, decode_hints or {})
+        output = self._decode(plan, videos[0], latents[0], height, width, decode_hints or {})
+        output.frames = {name: _as_output_type(frames, output_type) for name, frames in output.frames.items()}
+        return output
 
     # ----- steps of __call__ ---------------------------------------------------------------------
 
@@ -547,7 +602,7 @@ class UnityVideoPipeline:
         return guided
 
     def _denoise(self, plan: StreamPlan, noise_shape: tuple[int, ...], clean: dict, contexts: dict, guidance: tuple,
-                 steps: int, shift: float | None, generator: Generator) -> torch.Tensor:
+                 steps: int, shift: float | None, generator: Generator, callback=None) -> torch.Tensor:
         """One sample of the targets (B, T, C, F, H, W), integrated from noise at t = 1 to t = 0."""
         passes, g_text, g_mod, batch_cfg, caches = guidance
         # Noise for the targets first, then for the dropped conditions: the targets' noise depends only
@@ -563,10 +618,17 @@ class UnityVideoPipeline:
             velocity = self._guided_velocity(plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod,
                                              batch_cfg, caches)
             x = scheduler.step(velocity, timestep, x, return_dict=False)[0].float()
+            x = self._step_end(callback, i, timestep, x)
         return x
 
+    def _step_end(self, callback, step: int, timestep, x: torch.Tensor) -> torch.Tensor:
+        if callback is None:
+            return x
+        returned = callback(self, step, timestep, {"latents": x}) or {}
+        return returned.get("latents", x)
+
     def _estimate_once(self, plan: StreamPlan, shape: tuple[int, ...], clean: dict, contexts: dict,
-                       guidance: tuple, generator: Generator) -> torch.Tensor:
+                       guidance: tuple, generator: Generator, callback=None) -> torch.Tensor:
         """One-step deterministic estimation (B, T, C, F, H, W): the targets start from zeros at t = 1
         exactly and one Euler step to t = 0 gives x_0 = x_1 - 1 * v = -v, as trained (flow.py)."""
         passes, g_text, g_mod, batch_cfg, caches = guidance
@@ -574,7 +636,7 @@ class UnityVideoPipeline:
         dropped = self._dropped_conditions(plan, passes, shape, generator)
         velocity = self._guided_velocity(plan, x, 1.0, clean, dropped, contexts, passes, g_text, g_mod,
                                          batch_cfg, caches)
-        return x - velocity
+        return self._step_end(callback, 0, torch.tensor(0.0), x - velocity)
 
     def _dropped_conditions(self, plan: StreamPlan, passes: list[str], noise_shape: tuple[int, ...],
                             generator: Generator) -> dict[str, torch.Tensor]:
@@ -614,8 +676,8 @@ def _check_ensemble(size: int, task: str, output_type: str) -> None:
     if size > 1 and task != "estimate":
         raise ValueError(f"ensemble_size={size} combines estimates; task {task!r} generates, and a per-pixel "
                          "combination of samples is not a sample (use ensemble_size=1)")
-    if size > 1 and output_type != "np":
-        raise ValueError(f"ensemble_size={size} combines decoded videos; use output_type='np'")
+    if size > 1 and output_type == "latent":
+        raise ValueError(f"ensemble_size={size} combines decoded videos; use output_type 'np', 'pt' or 'pil'")
 
 
 def _default_hints(name: str, height: int, width: int) -> dict[str, Any]:
@@ -623,6 +685,20 @@ def _default_hints(name: str, height: int, width: int) -> dict[str, Any]:
     the encoding's default flow range, the frame size for skeletons."""
     return {"depth": {"near": 1.0}, "flow": {"max_flow": default_max_flow(height, width)},
             "skeleton": {"size": (height, width)}}.get(name, {})
+
+
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+
+def _as_output_type(frames: np.ndarray, output_type: str):
+    """uint8 (B, F, H, W, 3) as asked: np as is, pt float (B, F, 3, H, W) in [0, 1], pil lists of images."""
+    if output_type == "pt":
+        return torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div(255.0)
+    if output_type == "pil":
+        from PIL import Image
+
+        return [[Image.fromarray(frame) for frame in video] for video in frames]
+    return frames
 
 
 def _as_video(value: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
