@@ -74,6 +74,7 @@ class RandomText:
     """Text-encoder stand-in: fixed random features per text (seeded by its hash), every token real."""
 
     name = "random"
+    convention = "masked"
 
     def __init__(self, dim: int, length: int):
         self.dim, self.length = dim, length
@@ -81,6 +82,9 @@ class RandomText:
     def encode(self, texts):
         features = torch.stack([self._features(t) for t in texts])
         return features, torch.ones(features.shape[:2], dtype=torch.bool)
+
+    def model_inputs(self, texts, length=None, convention=None):
+        return self.encode(texts)
 
     def _features(self, text: str) -> torch.Tensor:
         seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
