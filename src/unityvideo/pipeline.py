@@ -412,7 +412,7 @@ class UnityVideoPipeline:
         if cache_condition:
             self._check_cache_condition(plan)
         one_step = task == "estimate" and self.estimate_mode == "one_step"
-        _check_ensemble(ensemble_size, task, "np" if one_step or output_type != "latent" else output_type)
+        _check_ensemble(ensemble_size, task, "np" if one_step else output_type)  # one step: the size is ignored
         if one_step:
             num_inference_steps, ensemble_size = self._one_step_counts(num_inference_steps, ensemble_size)
 
@@ -636,7 +636,8 @@ class UnityVideoPipeline:
         dropped = self._dropped_conditions(plan, passes, shape, generator)
         velocity = self._guided_velocity(plan, x, 1.0, clean, dropped, contexts, passes, g_text, g_mod,
                                          batch_cfg, caches)
-        return self._step_end(callback, 0, torch.tensor(0.0), x - velocity)
+        start = torch.tensor(float(self.scheduler.config.num_train_timesteps))  # t = 1, as _denoise reports a step
+        return self._step_end(callback, 0, start, x - velocity)
 
     def _dropped_conditions(self, plan: StreamPlan, passes: list[str], noise_shape: tuple[int, ...],
                             generator: Generator) -> dict[str, torch.Tensor]:
