@@ -12,7 +12,7 @@ $(BIN)/unityvideo: pyproject.toml
 	# On CPU machines torch 2.13.0 is installed explicitly (a local CPU wheel); pyproject keeps a
 	# range so GPU users keep their own CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,annotate,train]"
+	$(BIN)/pip install -q -e ".[dev,annotate,train,lora]"
 	touch $@
 
 setup: $(BIN)/unityvideo

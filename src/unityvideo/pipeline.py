@@ -55,6 +55,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from .models import lora
 from .models.checkpoint import ESTIMATE_MODES, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, resolve_asset
 from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, LatentNorm, load_codec
 from .models.text import TextEncoder, load_text_encoder
@@ -269,12 +270,13 @@ class UnityVideoPipeline:
                         device: str | torch.device | None = None, scheduler: str = "euler",
                         text_encoder: TextEncoder | None = None,
                         codec: LatentCodec | None = None, estimate_mode: str | None = None) -> "UnityVideoPipeline":
-        """Load a checkpoint folder (DIR/unityvideo.json + DIR/transformer/, see models/checkpoint.py).
+        """Load a checkpoint folder (DIR/unityvideo.json + DIR/transformer/, see models/checkpoint.py; a
+        LoRA export loads its base with the adapter, unfused: `fuse_lora` fuses it).
         text_encoder / codec: already loaded ones to share between pipelines (else loaded from the spec).
         estimate_mode: override the checkpoint's (None: the spec's `estimate_mode`)."""
         folder = Path(folder)
         spec = load_checkpoint_spec(folder)
-        transformer = UnityVideoTransformer.from_pretrained(folder / TRANSFORMER_DIR, torch_dtype=torch_dtype)
+        transformer = lora.load_transformer(folder, torch_dtype=torch_dtype)
         missing = [m for m in spec.modalities if m not in transformer.stream_names]
         if missing:
             raise ValueError(f"{folder / 'unityvideo.json'}: modalities {missing} are not in the transformer's "
@@ -303,6 +305,27 @@ class UnityVideoPipeline:
         self.to("cpu")
         self._offload_device = torch.device(device)
         return self
+
+    def load_lora_weights(self, folder: str | Path) -> "UnityVideoPipeline":
+        """Add a LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as a LoRA run
+        exports it) to a transformer without one: it replaces the UnityVideo parts too."""
+        lora.load_adapter(self.transformer, folder)
+        return self
+
+    def fuse_lora(self, scale: float = 1.0) -> "UnityVideoPipeline":
+        """Fold the adapter into the backbone's weights (no extra matmuls per layer); `unfuse_lora` undoes it."""
+        self._require_lora()
+        lora.fuse_lora(self.transformer, scale)
+        return self
+
+    def unfuse_lora(self) -> "UnityVideoPipeline":
+        self._require_lora()
+        lora.unfuse_lora(self.transformer)
+        return self
+
+    def _require_lora(self) -> None:
+        if not lora.has_lora(self.transformer):
+            raise ValueError("the transformer has no LoRA adapter: load a LoRA export or call load_lora_weights")
 
     def enable_vae_tiling(self) -> "UnityVideoPipeline":
         """Decode / encode the Wan VAE in spatial tiles (diffusers' AutoencoderKLWan tiling): less memory

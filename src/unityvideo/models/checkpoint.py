@@ -4,6 +4,8 @@
     DIR/unityvideo.json   CheckpointSpec: text encoder, codec, learned modalities and tasks, clip geometry,
                           how estimation was trained (`estimate_mode`)
     DIR/config.yaml       the exact training config of the run that produced it (optional)
+    DIR/adapter/          a LoRA run's adapter (then transformer/ holds only config.json and
+                          unityvideo.json names the `base` model it applies to; models/lora.py)
 
 The trainer writes it (EMA weights), the pipeline and `unityvideo generate` read it. Fields added
 later have defaults, so older unityvideo.json files load unchanged (`estimate_mode`: "generative",
@@ -55,6 +57,10 @@ class CheckpointSpec:
     estimate_mode: str = "generative"                # generative | one_step (ESTIMATE_MODES)
     estimate_caption: bool = False                   # estimate was trained with the RGB caption (else with none)
     text_convention: str = "masked"                  # masked | zero_padded (Wan's): models.text.TEXT_CONVENTIONS
+    # A LoRA export: DIR/transformer/ holds only config.json, the weights are the `base` model (a Wan
+    # backbone folder or a UnityVideo checkpoint) plus the peft adapter in DIR/<adapter> (models/lora.py).
+    base: str | None = None
+    adapter: str | None = None
     format: int = FORMAT
 
     def save(self, folder: str | Path) -> Path:

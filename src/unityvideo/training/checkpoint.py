@@ -121,15 +121,18 @@ def _barrier() -> None:
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     ema_state: dict[str, torch.Tensor] | None, extra: dict, keep: int,
-                    good_step: int | None = None) -> Path:
+                    good_step: int | None = None, only: set[str] | None = None) -> Path:
     """Write the full training state at `step`; every process must call it (collectives inside).
     keep: how many checkpoints to keep (0 = all); the newest one at or before `good_step` (a state
-    the run has taken a finite step from) is kept as well, whatever `keep` says."""
+    the run has taken a finite step from) is kept as well, whatever `keep` says. only: the model
+    tensors to write (a LoRA run's trained ones; its frozen base is rebuilt from its folder)."""
     root = Path(run_dir) / CHECKPOINTS
     final = root / checkpoint_name(step)
     tmp = root / f".{checkpoint_name(step)}.tmp"
     rank = _rank()
     model_state = get_model_state_dict(model, options=FULL)
+    if only is not None:
+        model_state = {k: v for k, v in model_state.items() if k in only}
     optim_state = get_optimizer_state_dict(model, optimizer, options=FULL)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,7 +143,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
         tensors: dict[str, torch.Tensor] = {}
         tree = split_tensors({"model": model_state, "optimizer": optim_state, "ema": ema_state or {}}, tensors)
         save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, **extra, "tree": tree}))
+        (tmp / "state.json").write_text(json.dumps({"step": step, **extra, "partial_model": only is not None,
+                                                    "tree": tree}))
     _barrier()
     if rank == 0:
         _fsync_folder(tmp)
@@ -212,7 +216,13 @@ def load_checkpoint(folder: Path, model: torch.nn.Module,
     meta = json.loads((folder / "state.json").read_text())
     tensors = load_file(str(folder / "state.safetensors"))
     tree = join_tensors(meta.pop("tree"), tensors)
-    options = StateDictOptions(full_state_dict=True)
+    partial = meta.get("partial_model", False)
+    if partial:  # a LoRA checkpoint: every trained tensor must be in it (the rest is the frozen base)
+        lost = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in tree["model"])
+        if lost:
+            raise ValueError(f"{folder}: holds only a LoRA run's trained tensors, and not {lost[:3]} "
+                             f"({len(lost)}); resume with the config that wrote it (same model.lora)")
+    options = StateDictOptions(full_state_dict=True, strict=not partial)
     set_model_state_dict(model, tree["model"], options=options)
     set_optimizer_state_dict(model, optimizer, _optim_types(tree["optimizer"]), options=options)
     load_rng(folder, _rank())

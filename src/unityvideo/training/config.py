@@ -22,6 +22,7 @@ from ..data.files import read_utf8
 from ..flow import TASKS, RoutingConfig, TimestepSampler
 from ..models.checkpoint import ASSET_MODES, TEXT_CONVENTIONS
 from ..models.codec import LATENT_NORMS
+from ..models.lora import LoraSettings
 from ..models.transformer import PRESETS
 
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
@@ -77,6 +78,9 @@ class ModelConfig:
     # "per_stream": each stream's latents scaled to zero mean, unit std (stats measured on the training
     # clips at the start, kept with the run and the export; models.codec.LatentNorm); "none": as encoded
     latent_norm: str = "none"
+    # LoRA fine-tuning (peft): the backbone frozen, adapters on `targets` plus the UnityVideo parts trained;
+    # the export is an adapter folder on top of model.backbone / model.init (models/lora.py). null = full.
+    lora: LoraSettings | None = None
 
 
 @dataclass
@@ -233,6 +237,13 @@ def _check_numbers(config: "Config") -> None:
         _check_number(f"optim.betas[{i}]", beta, 0, None, True)
         if beta >= 1:
             raise ValueError(f"optim.betas[{i}]={beta} must be < 1")
+    lora = config.model.lora
+    if lora is not None:
+        _check_number("model.lora.rank", lora.rank, 1, None, True)
+        _check_number("model.lora.alpha", lora.alpha, 0, None, False)
+        _check_number("model.lora.dropout", lora.dropout, 0, 1, True)
+        if lora.dropout >= 1 or not lora.targets:
+            raise ValueError("model.lora: dropout must be < 1 and targets must name at least one layer")
     for t in config.train.eval_timesteps:
         _check_number("train.eval_timesteps", t, 0, 1, False)
     datas = [("data", config.data)] + [(f"stages.{i}.data", s.data) for i, s in enumerate(config.stages) if s.data]

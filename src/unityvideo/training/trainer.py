@@ -28,7 +28,10 @@ import torch.nn as nn
 
 from ..flow import TASKS, Route, flow_loss, route_batch, validation_route
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
-from ..models.checkpoint import SPEC_NAME, CheckpointSpec, load_checkpoint_spec, place_asset
+from ..models.checkpoint import (SPEC_NAME, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, place_asset,
+                                 resolve_asset)
+from ..models.lora import (add_lora, has_lora, load_transformer, merge_and_unload, read_adapter_settings,
+                           save_adapter, trained_names)
 from .checkpoint import find_checkpoint, last_good_checkpoint, load_checkpoint, point_latest_at, save_checkpoint
 from .config import Config, dump_config
 from .data import (ClipStreams, LatentCache, MemoryLatents, StepBatches, TextBank, collate_samples, manifest_of,
@@ -212,35 +215,73 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, rt = self.config, self.runtime
-        m = cfg.model
-        unity = dict(modalities=cfg.modalities)
-        if m.init:
-            model = UnityVideoTransformer.from_pretrained(Path(m.init) / "transformer"
-                                                          if (Path(m.init) / "transformer").is_dir() else m.init)
-            missing = set(cfg.modalities) - set(model.config.modalities)
-            if missing:
-                raise ValueError(f"model.init={m.init} has no experts for {sorted(missing)}; add them with a "
-                                 "preset/backbone start or drop them from the stages")
-        elif m.backbone:
-            model = UnityVideoTransformer.from_backbone(m.backbone, **unity, **m.overrides)
-        else:  # a preset takes its latent channels from the run's codec unless overridden
-            channels = dict(in_channels=self.codec.latent_channels)
-            model = UnityVideoTransformer.from_preset(m.preset, **{**unity, **channels, **m.overrides})
+        model = self._base_model()
+        channels = (model.config.in_channels, model.config.out_channels or model.config.in_channels)
+        if channels != (self.codec.latent_channels,) * 2:
+            raise ValueError(f"the transformer takes {channels[0]} and predicts {channels[1]} latent channels, but "
+                             f"model.codec={cfg.model.codec} has {self.codec.latent_channels}: choose the codec the "
+                             "backbone was trained with (wan2.1: 16, wan2.2: 48, pixel2: 12, pixel4: 48)")
+        if cfg.model.lora is not None and not has_lora(model):
+            add_lora(model, cfg.model.lora)
         model.train()
         self.num_params = sum(p.numel() for p in model.parameters())
         self.parallel = choose_parallel(cfg.train.parallel, rt, self.num_params, cfg.train.fsdp_min_params)
         self.dtype = compute_dtype(cfg.train.precision, rt.device)
         self.wrapped = apply_parallel(model, self.parallel, rt, self.dtype, cfg.train.activation_checkpointing)
         self.model = inner_model(self.wrapped)
-        self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()} if cfg.optim.ema_decay > 0 else None
+        # Only what is trained has an EMA (under LoRA a few MB instead of a second copy of the backbone).
+        self.trained = trained_names(self.model)
+        params = dict(self.model.named_parameters())
+        self.ema = {n: params[n].detach().clone() for n in self.trained} if cfg.optim.ema_decay > 0 else None
         if rt.is_main:
-            log.info("model: %s parameters (%s), %s, %d process(es), %s", f"{self.num_params:,}",
-                     self.model.parameter_counts(), self.parallel, rt.world_size, self.dtype)
+            trained = sum(params[n].numel() for n in self.trained)
+            log.info("model: %s parameters (%s), %s trained, %s, %d process(es), %s", f"{self.num_params:,}",
+                     self.model.parameter_counts(), f"{trained:,}", self.parallel, rt.world_size, self.dtype)
+
+    def _base_model(self) -> UnityVideoTransformer:
+        """model.init (a LoRA export: with its adapter when this run trains LoRA on, else fused), a Wan
+        backbone, or a preset."""
+        cfg = self.config
+        m = cfg.model
+        unity = dict(modalities=cfg.modalities)
+        if m.init:
+            model = load_transformer(m.init)
+            if has_lora(model):
+                settings = read_adapter_settings(Path(m.init) / load_checkpoint_spec(m.init).adapter)
+                if m.lora is None:
+                    merge_and_unload(model)
+                elif m.lora != settings:
+                    raise ValueError(f"model.lora={m.lora} differs from the adapter of model.init={m.init} "
+                                     f"({settings}); drop model.lora to fine-tune it fully, or match it")
+            missing = set(cfg.modalities) - set(model.config.modalities)
+            if missing:
+                raise ValueError(f"model.init={m.init} has no experts for {sorted(missing)}; add them with a "
+                                 "preset/backbone start or drop them from the stages")
+            return model
+        if m.backbone:
+            return UnityVideoTransformer.from_backbone(m.backbone, **unity, **m.overrides)
+        # a preset takes its latent channels from the run's codec unless overridden
+        channels = dict(in_channels=self.codec.latent_channels)
+        return UnityVideoTransformer.from_preset(m.preset, **{**unity, **channels, **m.overrides})
+
+    def lora_base(self) -> str | None:
+        """The model a LoRA export's adapter applies to: model.init's base when its adapter is continued,
+        else model.init or model.backbone."""
+        m = self.config.model
+        if m.lora is None:
+            return None
+        if m.init and (Path(m.init) / SPEC_NAME).is_file():
+            spec = load_checkpoint_spec(m.init)
+            if spec.adapter is not None:
+                return resolve_asset(m.init, spec.base, "base model")
+        return m.init or m.backbone
 
     def _build_optimizer(self) -> None:
         o = self.config.optim
         groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
             unity = not name.startswith("backbone.")
             decay = p.ndim >= 2 and "table" not in name  # no decay on biases, norms, modulation tables
             groups.setdefault((unity, decay), []).append(p)
@@ -474,8 +515,9 @@ class Trainer:
             return
         o = self.config.optim
         decay = min(o.ema_decay, (1 + self.step) / (10 + self.step)) if o.ema_warmup else o.ema_decay
-        for name, p in self.model.named_parameters():
-            self.ema[name].lerp_(p.detach(), 1 - decay)
+        params = dict(self.model.named_parameters())
+        for name, average in self.ema.items():
+            average.lerp_(params[name].detach(), 1 - decay)
 
     # ----- validation -----------------------------------------------------------------------------
 
@@ -539,7 +581,7 @@ class Trainer:
         if self.ema is None:
             yield
             return
-        params = dict(self.model.named_parameters())
+        params = {n: p for n, p in self.model.named_parameters() if n in self.ema}
         backup = {n: p.detach().clone() for n, p in params.items()}
         with torch.no_grad():
             for n, p in params.items():
@@ -566,7 +608,8 @@ class Trainer:
                                {"nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
                                 "data_position": {"next_sample": self.step * self.config.train.batch_size},
                                 "world_size": self.runtime.world_size, "parallel": self.parallel},
-                               keep=self.config.train.keep_checkpoints, good_step=self.last_finite_step)
+                               keep=self.config.train.keep_checkpoints, good_step=self.last_finite_step,
+                               only=set(self.trained) if self.config.model.lora is not None else None)
 
     def _weights_finite(self) -> bool:
         """Every parameter and EMA tensor finite, on every process (FSDP2 holds shards)."""
@@ -591,6 +634,7 @@ class Trainer:
         """The EMA (or current) weights as a checkpoint folder the pipeline loads (CONTRACT2)."""
         weights = self.ema if self.ema is not None else dict(self.model.named_parameters())
         full = {n: _full(t).cpu() for n, t in weights.items()}
+        assets = self.config.train.export_assets
         bad = sorted(n for n, t in full.items() if not bool(torch.isfinite(t).all()))
         if bad:
             raise NonFiniteLossError(f"step {self.step}: {len(bad)} weight tensors are not finite ({bad[0]}, ...): "
@@ -599,13 +643,18 @@ class Trainer:
             cfg = self.config
             tmp = folder.with_name(f".{folder.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            with torch.device("meta"):
-                plain = UnityVideoTransformer(**{k: v for k, v in self.model.config.items() if not k.startswith("_")})
-            plain.load_state_dict(full, strict=True, assign=True)
-            plain.save_pretrained(tmp / "transformer", safe_serialization=True)
+            if cfg.model.lora is not None:  # the adapter, and the config it applies with
+                save_adapter(full, cfg.model.lora, tmp / ADAPTER_DIR)
+                self.model.save_config(tmp / TRANSFORMER_DIR)
+                lora = dict(base=place_asset(self.lora_base(), tmp, folder, "base", assets), adapter=ADAPTER_DIR)
+            else:
+                with torch.device("meta"):
+                    plain = UnityVideoTransformer(**{k: v for k, v in self.model.config.items() if not k.startswith("_")})
+                plain.load_state_dict(full, strict=True, assign=True)
+                plain.save_pretrained(tmp / TRANSFORMER_DIR, safe_serialization=True)
+                lora = {}
             data = cfg.stage_data(cfg.stages[-1])
             tasks = [t for t in TASKS if any(cfg.stage_routing(s).tasks.get(t, 0) > 0 for s in cfg.stages)]
-            assets = cfg.train.export_assets
             CheckpointSpec(text_encoder=place_asset(cfg.model.text_encoder, tmp, folder, "text_encoder", assets),
                            codec=cfg.model.codec,
                            codec_folder=place_asset(cfg.model.codec_folder, tmp, folder, "vae", assets),
@@ -616,7 +665,7 @@ class Trainer:
                            latent_norm=self.latent_norm.to_json(), step=self.step,
                            estimate_mode=cfg.routing.estimate_mode,
                            estimate_caption=cfg.routing.estimate_caption,
-                           text_convention=self.text.convention).save(tmp)
+                           text_convention=self.text.convention, **lora).save(tmp)
             (tmp / "config.yaml").write_text(dump_config(cfg))
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
@@ -632,6 +681,7 @@ class Trainer:
 # The clean condition of each task, as an item key: swapped with another clip's in validation.
 CONDITION_OF = {"control": "modality", "estimate": "rgb"}
 LATENT_NORM_FILE = "latent_norm.json"
+ADAPTER_DIR = "adapter"
 
 
 class _StageItems(torch.utils.data.Dataset):
