@@ -100,6 +100,19 @@ def test_tiny_world_config_loads_with_the_paper_curriculum():
     assert config.stage_at(0)[0] == 0 and config.stage_at(config.stages[0].steps)[0] == 1
 
 
+@pytest.mark.parametrize("size", ["wan2.1-t2v-1.3b", "wan2.2-ti2v-5b", "wan2.1-t2v-14b"])
+def test_wan_recipes_load_with_the_paper_geometry_and_a_lora_override(size):
+    from unityvideo.models import CODEC_GEOMETRY, PRESET_CODECS
+
+    config = load_config(ROOT / "configs" / f"{size}.yaml")
+    assert config.model.codec == PRESET_CODECS[size] and config.model.text_convention == "zero_padded"
+    CODEC_GEOMETRY[config.model.codec].check_frames(config.data.frames)
+    CODEC_GEOMETRY[config.model.codec].check_size(*config.data.size)
+    assert config.model.lora is None
+    lora = load_config(ROOT / "configs" / f"{size}.yaml", ["model.lora={rank: 32, alpha: 32}"]).model.lora
+    assert (lora.rank, lora.alpha, lora.dropout) == (32, 32, 0.0)
+
+
 def test_overrides_and_clear_errors(small_config):
     config = load_config(small_config, ["optim.lr=3e-4", "stages.0.steps=7", "routing.tasks={joint: 1}",
                                         "train.eval_timesteps=[0.5]"])
@@ -237,6 +250,9 @@ def test_checkpoint_every_zero_saves_once_at_the_end(small_config, tmp_path):
     ("data.size=[0, 0]", r"data.size\[0\]=0 must be >= 1"),
     ("data.world.fps=0", "data.world.fps=0 must be >= 1"),
     ("routing.timesteps.shift=-1", "routing.timesteps: .*shift .*positive"),
+    ("model.lora={rank: 0}", "model.lora.rank=0 must be >= 1"),
+    ("model.lora={dropout: 1}", "model.lora: dropout must be < 1"),
+    ("model.lora={rank: 4, wrong: 1}", "unknown key 'model.lora.wrong'"),
 ])
 def test_every_number_of_a_config_is_checked(small_config, override, message):
     with pytest.raises(ValueError, match=message):
