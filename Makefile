@@ -26,17 +26,19 @@ world: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2
 
-# torchvision (for the RAFT teacher) does not import beside the CPU torch 2.13 wheel; this runs the
-# tests that need it in a second venv with torch 2.14.1 + torchvision 0.29.1 (a 5.5 GB CUDA build).
+# torchvision (for the RAFT teacher, and diffsynth for the converter's check against the authors'
+# base) does not import beside the CPU torch 2.13 wheel; this runs the tests that need it in a second
+# venv with torch 2.14.1 + torchvision 0.29.1 (a 5.5 GB CUDA build).
 TV_VENV ?= .venv-torchvision
 $(TV_VENV)/bin/pytest: pyproject.toml
 	$(PY) -m venv $(TV_VENV)
 	$(TV_VENV)/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(TV_VENV)/bin/pip install -q -e ".[dev]"
+	$(TV_VENV)/bin/pip install -q -e ".[dev,test-diffsynth]"
 	touch $@
 
 test-torchvision: $(TV_VENV)/bin/pytest
 	$(TV_VENV)/bin/python -m pytest -q tests/test_annotate.py -k raft
+	$(TV_VENV)/bin/python -m pytest -q tests/test_convert.py
 
 bench: setup
 	$(BIN)/python benchmarks/world_speed.py

@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "unityvideo.world.cli",
     "unityvideo.annotate.cli",
     "unityvideo.training.cli",
+    "unityvideo.models.cli",
     "unityvideo.pipeline_cli",
     "unityvideo.eval.cli",
     "unityvideo.demo",

@@ -520,8 +520,9 @@ class UnityVideoPipeline:
         """(1, L, D) features and mask (or None) of a modality's in-context prompt, encoded once."""
         if name not in self._prompt_cache:
             template = self.spec.modality_prompt_template if self.spec else "{prompt}"
-            self._prompt_cache[name] = self.text_encoder.model_inputs(
-                [template.format(prompt=get_modality(name).prompt)], convention=self.text_convention)
+            prompt = (self.spec.modality_prompts.get(name) if self.spec else None) or \
+                template.format(prompt=get_modality(name).prompt)
+            self._prompt_cache[name] = self.text_encoder.model_inputs([prompt], convention=self.text_convention)
         return self._prompt_cache[name]
 
     def _contexts(self, plan: StreamPlan, captions: list[str], negatives: list[str], with_negative: bool):

@@ -52,6 +52,7 @@ class CheckpointSpec:
     fps: float = 8.0
     shift: float = 1.0                               # sampling timestep shift
     modality_prompt_template: str = "{prompt}"
+    modality_prompts: dict[str, str] = field(default_factory=dict)  # per-modality prompt (else the template's)
     latent_norm: dict[str, list[float]] = field(default_factory=dict)  # stream -> [mean, std] (LatentNorm)
     step: int = 0
     estimate_mode: str = "generative"                # generative | one_step (ESTIMATE_MODES)

@@ -445,8 +445,19 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
     @classmethod
     def from_backbone(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
                       **unity_config) -> "UnityVideoTransformer":
-        """Load a local diffusers-format Wan transformer (config.json + safetensors, sharded or not;
-        a pipeline folder with a `transformer/` subfolder also works) and add the UnityVideo parts."""
+        """Load a local Wan transformer and add the UnityVideo parts: a diffusers folder (config.json +
+        safetensors, sharded or not; a pipeline folder with a `transformer/` subfolder also works), or
+        Wan's original format (one .safetensors file, or a folder of them with Wan's config.json:
+        names mapped by diffusers' Wan key map, the head count from config.json or width / 128)."""
+        from .convert import _copy_strict, is_original_wan_path, load_original_wan
+
+        if is_original_wan_path(Path(folder)):
+            config, state = load_original_wan(folder, unity_config.pop("num_attention_heads", None))
+            model = _empty_model(cls, {**config, **unity_config}, torch_dtype)
+            with torch.no_grad():
+                _copy_strict(model.backbone, state, str(folder))
+            model.init_unity_parameters()
+            return model
         folder = _model_folder(folder, subfolder="transformer")
         wan_config = _read_config(folder)
         if wan_config.get("_class_name") not in (None, "WanTransformer3DModel"):
