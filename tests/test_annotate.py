@@ -75,6 +75,18 @@ def test_dis_flow_on_vtest_explains_the_motion(vtest_frames):
         assert np.abs(warped - grey[t])[moving].mean() < 0.6 * np.abs(grey[t + 1] - grey[t])[moving].mean()
 
 
+def test_frames_without_people_get_empty_masks_and_no_skeleton(vtest_frames):
+    """An empty street between walkers is normal footage: empty masks and no skeleton, not a failed clip
+    (it raised `cannot reshape array of size 0`, so every clip with such a frame was dropped)."""
+    empty = np.full((2, *vtest_frames.shape[1:]), 90, np.uint8)  # a flat grey frame: nobody there
+    frames = np.concatenate([vtest_frames[:2], empty, vtest_frames[2:4]])
+    ids = build_teacher("segmentation").annotate(frames).raw
+    assert not ids[2:4].any() and ids[:2].any() and ids[4:].any()
+    skeleton = build_teacher("skeleton")(frames)
+    assert not (skeleton[2:4, ..., 2] > 0).any() and (skeleton[0, ..., 2] > 0).any()
+    assert not build_teacher("segmentation").annotate(empty).raw.any()
+
+
 def test_builtin_people_segmentation_and_pose_on_vtest(vtest_frames):
     seg = build_teacher("segmentation").annotate(vtest_frames)
     ids = seg.raw

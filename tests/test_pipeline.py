@@ -320,8 +320,27 @@ def test_cli_control_and_estimate_read_inputs(checkpoint, inputs, tmp_path):
     out = tmp_path / "estimate.mkv"
     assert generate("--checkpoint", checkpoint, "--task", "estimate", "--modality", "depth", "--input",
                     inputs["rgb"], "--size", 16, 16, "--steps", "2", "--out", out) == 0
-    assert load_raw(tmp_path / "estimate.npz")["depth"].shape == (F + 2, 16, 16)
+    assert load_raw(tmp_path / "estimate.npz")["depth"].shape == (F, 16, 16)  # the checkpoint's frames
     assert not out.exists()  # estimation generates no RGB video
+
+
+def test_cli_runs_a_large_long_video_at_the_checkpoints_geometry(checkpoint, tmp_path, capsys, monkeypatch):
+    """A real video (here 40 frames of 96x128) runs at the checkpoint's frames and size, says so, and
+    only the frames used are decoded."""
+    from unityvideo.data import video as video_module
+
+    clip = write_video(tmp_path / "big.mp4", video(5, 40, 96, 128), fps=8, lossless=False)
+    decoded = []
+    original = video_module.read_video
+    monkeypatch.setattr(video_module, "read_video", lambda path, indices=None: decoded.append(indices) or
+                        original(path, indices))
+    out = tmp_path / "depth.mkv"
+    assert generate("--checkpoint", checkpoint, "--task", "estimate", "--modality", "depth", "--input", clip,
+                    "--steps", "1", "--out", out) == 0
+    assert load_raw(tmp_path / "depth.npz")["depth"].shape == (F, H, W)
+    assert decoded == [list(range(F))]
+    assert f"40 frames of 96x128 -> frames 0-{F - 1}, resized and centre-cropped to {H}x{W} (the checkpoint's size" \
+        in capsys.readouterr().out
 
 
 def test_cli_cache_condition_needs_a_model_trained_for_it(checkpoint, inputs, tmp_path, capsys):

@@ -279,6 +279,55 @@ def test_bad_clips_are_reported_once_each_and_totalled(small_config, reference_r
     assert row["skipped_clips/missing_file"] == 1 and row["skipped_clips/corrupt_video"] == 1
 
 
+def annotated_like(small_config, tmp_path, keep=("flow", "segmentation", "skeleton")):
+    """The small world as a real-video annotation would give it: only some modality columns."""
+    from unityvideo.data import read_manifest, write_manifest
+
+    world = next((Path(yaml.safe_load(small_config.read_text())["data"]["world"]["cache"])).glob("*/manifest.csv"))
+    records = read_manifest(world)
+    for record in records:
+        record.modalities = {m: p for m, p in record.modalities.items() if m in keep}
+        record.raw = None
+    return write_manifest(tmp_path / "manifest.csv", records)
+
+
+def test_a_manifest_stage_trains_the_modalities_it_has(small_config, reference_run, tmp_path, caplog):
+    manifest = annotated_like(small_config, tmp_path)
+    caplog.set_level("WARNING")
+    run = train(config_for(small_config, tmp_path / "run", f"data.manifest={manifest}", "data.world=null",
+                           "stages.0.steps=1", "stages.1.steps=1", "train.eval_every=2"))
+    assert any("has no densepose, depth videos; the stage trains ['flow']" in r.getMessage() for r in caplog.records)
+    assert load_checkpoint_spec(run / "export").modalities == ["flow", "segmentation", "skeleton"]
+    val = next(r for r in read_metrics(run) if r["kind"] == "val")
+    assert "val/estimate/skeleton" in val and not any("depth" in k for k in val)
+    none = annotated_like(small_config, tmp_path / "none", keep=("segmentation",))
+    with pytest.raises(ValueError, match=r"stages.0 \(s1\) trains \['densepose', 'depth', 'flow'\], but .* has no "
+                                         r"video of any of them .*set stages.0.modalities"):
+        train(config_for(small_config, tmp_path / "run2", f"data.manifest={none}", "data.world=null"))
+
+
+def test_a_world_stage_then_a_real_video_stage_validates_each_on_its_own_clips(small_config, reference_run, tmp_path):
+    """Validation of the second stage asks its clips only for what they have (it crashed asking the
+    annotated clips for depth), and the run exports."""
+    manifest = annotated_like(small_config, tmp_path)
+    run = train(config_for(small_config, tmp_path / "run", "stages.0.steps=1", "stages.1.steps=1",
+                           "train.eval_every=1", f"stages.1.data={{manifest: {manifest}, frames: 4, size: [16, 16]}}"))
+    assert (run / "export" / "unityvideo.json").is_file()
+    first, last = [r for r in read_metrics(run) if r["kind"] == "val"][-2:]
+    assert "val/estimate/depth" in first and "val/estimate/skeleton" in last and "val/estimate/depth" not in last
+
+
+def test_a_failing_validation_does_not_lose_the_run(small_config, tmp_path, monkeypatch, caplog):
+    def broken(self):
+        raise RuntimeError("validation broke")
+
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", broken)
+    run = train(config_for(small_config, tmp_path / "run", "stages.0.steps=1", "stages.1.steps=1",
+                           "train.eval_every=1"))
+    assert (run / "export" / "unityvideo.json").is_file()
+    assert any("validation failed" in r.getMessage() for r in caplog.records)
+
+
 def test_validation_encodes_each_clip_once_per_run(small_config, tmp_path, monkeypatch):
     """Validation's clips are fixed, so their latents are encoded at the first pass and reused (a
     Wan VAE made re-encoding most of a small run's time); the unrelated-condition passes still read

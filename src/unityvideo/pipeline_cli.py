@@ -54,10 +54,11 @@ def register(subparsers) -> None:
                    help="estimate: combine K estimates (per-pixel median of depth and flow, vote of DensePose "
                         "parts, the most typical segmentation / skeleton); K times the work (default 1)")
     p.add_argument("--frames", type=integer(1), default=None,
-                   help="frames (default: all frames of the inputs, else the checkpoint's)")
+                   help="frames (default: the checkpoint's, or fewer if an input is shorter); the first ones "
+                        "of each input are used, and only those are decoded")
     p.add_argument("--size", type=integer(1), nargs=2, default=None, metavar=("H", "W"),
-                   help="frame size (default: the inputs' size, else the checkpoint's); inputs are resized "
-                   "and centre-cropped to it")
+                   help="frame size (default: the checkpoint's); inputs are resized to cover it and "
+                        "centre-cropped")
     p.add_argument("--cache-condition", action="store_true",
                    help="control / estimate: compute the condition stream once, not every step (needs a model "
                         "trained with condition_isolation)")
@@ -80,6 +81,7 @@ class Request:
     frames: int
     size: tuple[int, int]
     fps: float
+    notes: list[str]  # how each input was fitted to the request's geometry, for the user
 
 
 def prepare(args: argparse.Namespace) -> Request:
@@ -117,17 +119,24 @@ def prepare(args: argparse.Namespace) -> Request:
     modalities = [] if args.task == "control" else list(args.modality)
     plan = plan_streams(args.task, modalities, conditions, spec.tasks, spec.modalities)
 
-    videos = {name: _read_input(path) for name, path in zip(plan.condition_names, args.input)}
-    frames, size = _request_geometry(args, spec, videos)
+    shapes = {name: _probe_input(path) for name, path in zip(plan.condition_names, args.input)}
+    frames, size = _request_geometry(args, spec, shapes)
+    for path, (count, _, _) in zip(args.input, shapes.values()):
+        if count < frames:
+            raise ValueError(f"--input {path}: has {count} frames, {frames} requested; lower --frames")
     config = read_transformer_config(folder)
     patch = config.get("patch_size", (1, 2, 2))
     shape = check_geometry(codec_geometry(spec.codec), patch, config.get("rope_max_seq_len", 1024), frames, *size,
                            len(plan.streams))
     check_memory(generation_memory(config, shape, frames, size, len(plan.streams)),
                  f"generating {frames} frames of {size[0]}x{size[1]}", "lower --frames or --size")
-    inputs = {name: _fit(video, name, frames, size, path)
-              for (name, video), path in zip(videos.items(), args.input)}
-    return Request(folder, plan, inputs, frames, size, spec.fps)
+    inputs = {name: _fit(_read_input(path, frames), name, frames, size, path)
+              for name, path in zip(plan.condition_names, args.input)}
+    notes = [f"--input {path}: {n} frames of {h}x{w} -> frames 0-{frames - 1}"
+             + (f", resized and centre-cropped to {size[0]}x{size[1]}" if (h, w) != size else "")
+             + ("" if args.size else " (the checkpoint's size; --size for another)")
+             for path, (n, h, w) in zip(args.input, shapes.values())]
+    return Request(folder, plan, inputs, frames, size, spec.fps, notes)
 
 
 # Live float32 values per token while a block runs: its input and output, q, k, v, the attention output
@@ -142,23 +151,34 @@ def generation_memory(config: dict, latent_shape, frames: int, size: tuple[int, 
     return tokens * per_token + videos
 
 
-def _read_input(path: Path) -> np.ndarray:
+def _probe_input(path: Path) -> tuple[int, int, int]:
+    """(frames, height, width) of an input video, without decoding its pictures."""
+    from unityvideo.data.video import VideoReadError, probe_video
+
+    try:
+        frames, height, width, _ = probe_video(path)
+    except VideoReadError as err:  # a user error: exit code 2 and one line
+        raise ValueError(f"--input: {err}; pass a readable .mp4/.mkv video") from err
+    return frames, height, width
+
+
+def _read_input(path: Path, frames: int) -> np.ndarray:
+    """The first `frames` frames of an input (decoding stops there)."""
     from unityvideo.data.video import VideoReadError, read_video
 
     try:
-        return read_video(path)
-    except VideoReadError as err:  # a user error: exit code 2 and one line
+        return read_video(path, list(range(frames)))
+    except VideoReadError as err:
         raise ValueError(f"--input: {err}; pass a readable .mp4/.mkv video") from err
 
 
-def _request_geometry(args, spec, videos: dict[str, np.ndarray]) -> tuple[int, tuple[int, int]]:
-    """Frames and size: the flags, else the inputs' (all frames, the first input's size), else the spec's."""
-    if videos:
-        frames = args.frames or min(v.shape[0] for v in videos.values())
-        size = tuple(args.size) if args.size else tuple(next(iter(videos.values())).shape[1:3])
-    else:
-        frames = args.frames or spec.frames
-        size = tuple(args.size) if args.size else tuple(spec.size)
+def _request_geometry(args, spec, shapes: dict[str, tuple[int, int, int]]) -> tuple[int, tuple[int, int]]:
+    """Frames and size: the flags, else the checkpoint's (fewer frames when an input is shorter). A
+    model runs best at the geometry it was trained at, and a real video's own size can be far beyond it."""
+    frames = args.frames or min([spec.frames, *(n for n, _, _ in shapes.values())])
+    size = tuple(args.size) if args.size else tuple(spec.size)
+    if min(size) < 1 and shapes:  # trained at the clips' own sizes (data.size null): the first input's
+        size = next(iter(shapes.values()))[1:]
     if frames < 1 or min(size) < 1:
         raise ValueError(f"--frames {frames} and --size {size[0]} {size[1]} must be positive")
     return frames, size
@@ -177,6 +197,8 @@ def _fit(video: np.ndarray, name: str, frames: int, size: tuple[int, int], path:
 
 def run(args: argparse.Namespace) -> int:
     request = prepare(args)  # every user error surfaces here, before the model loads
+    for note in request.notes:
+        print(note)
 
     import torch
 

@@ -18,10 +18,10 @@ __all__ = ["mask_iou", "box_iou", "mask_box_iou", "masks_to_boxes", "IoUTracker"
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix of two stacks of boolean masks (N, H, W) x (M, H, W) -> (N, M)."""
-    a = np.asarray(a, bool).reshape(len(a), -1).astype(np.float32)
-    b = np.asarray(b, bool).reshape(len(b), -1).astype(np.float32)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), np.float32)
+    a = np.asarray(a, bool).reshape(len(a), -1).astype(np.float32)
+    b = np.asarray(b, bool).reshape(len(b), -1).astype(np.float32)
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     return inter / np.maximum(union, 1.0)

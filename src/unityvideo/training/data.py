@@ -82,6 +82,30 @@ def split_records(manifest: Path, val_manifest: str | None, world: WorldData | N
     return train, val
 
 
+def modalities_of(records: list) -> set[str]:
+    """Modalities at least one of these clips has a video for."""
+    return {name for r in records for name in r.modalities}
+
+
+def fit_stage_modalities(stage, index: int, records: list, manifest: Path, warn: bool = True) -> None:
+    """Make a stage train only the modalities its clips have (annotated videos rarely have all five:
+    the built-in teachers make no depth or DensePose). Dropped ones are named in a warning; a stage
+    left with none is an error, before any work, naming the manifest and the config key."""
+    have = modalities_of(records)
+    missing = sorted(m for m in stage.modalities if m not in have)
+    if not missing:
+        return
+    kept = {m: w for m, w in stage.modalities.items() if m in have}
+    if not kept:
+        raise ValueError(f"stages.{index} ({stage.name}) trains {sorted(stage.modalities)}, but {manifest} has no "
+                         f"video of any of them (its modality columns with files: {sorted(have) or 'none'}); set "
+                         f"stages.{index}.modalities to some of {sorted(have)}, or annotate those modalities")
+    if warn:
+        log.warning("stages.%d (%s): %s has no %s videos; the stage trains %s (set stages.%d.modalities to "
+                    "silence this)", index, stage.name, manifest, ", ".join(missing), sorted(kept), index)
+    stage.modalities = kept
+
+
 # ----- clips --------------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from ..models.lora import (add_lora, has_lora, load_transformer, merge_and_unloa
                            save_adapter, trained_names)
 from .checkpoint import find_checkpoint, last_good_checkpoint, load_checkpoint, point_latest_at, save_checkpoint
 from .config import Config, dump_config
-from .data import (ClipStreams, LatentCache, MemoryLatents, StepBatches, TextBank, collate_samples, manifest_of,
+from .data import (ClipStreams, fit_stage_modalities, modalities_of, LatentCache, MemoryLatents, StepBatches, TextBank, collate_samples, manifest_of,
                    prepare_world, sample_noise, split_records)
 from .logger import MetricLogger
 from .parallel import (Runtime, all_reduce_max, all_reduce_max_tensor, all_reduce_sum, apply_parallel,
@@ -156,6 +156,9 @@ class Trainer:
                 built[id(data)] = (ClipStreams(train_records, data, cfg.train.seed), val)
             self.stage_clips.append(built[id(data)][0])
             self.val_clips.append(built[id(data)][1])
+        for index, (stage, clips) in enumerate(zip(cfg.stages, self.stage_clips)):
+            fit_stage_modalities(stage, index, clips.records, manifest_of(cfg.stage_data(stage), self.run_dir),
+                                 warn=rt.is_main)
         first = cfg.stage_data(cfg.stages[0])
         encoder = load_text_encoder(cfg.model.text_encoder, cache_dir=first.text_cache)
         self.text = TextBank(encoder, rt.device, self._text_convention(encoder))
@@ -350,7 +353,7 @@ class Trainer:
         micro_steps = (tc.batch_size // rt.world_size) // (tc.micro_batch_size or tc.batch_size // rt.world_size)
         bar = _progress(tc.progress and rt.is_main, self.step, total)
         if self.step == 0 and tc.eval_every > 0:
-            self.evaluate()
+            self._validate()
         while self.step < total:
             start = time.perf_counter()
             stats = StepStats()
@@ -391,11 +394,21 @@ class Trainer:
     def _after_step(self) -> None:
         tc = self.config.train
         if tc.eval_every > 0 and (self.step % tc.eval_every == 0 or self.step == self.config.total_steps):
-            self.evaluate()
+            self._validate()
         if tc.checkpoint_every > 0 and self.step % tc.checkpoint_every == 0:
             self.save()
         if tc.export_every > 0 and self.step % tc.export_every == 0 and self.step < self.config.total_steps:
             self.export(self.run_dir / "exports" / f"step-{self.step:06d}")
+
+    def _validate(self) -> None:
+        """Validation that cannot cost the run: a failure is logged with its traceback and training (and
+        the export at the end) goes on."""
+        try:
+            self.evaluate()
+        except Exception:  # noqa: BLE001 - a finished run must never be lost to its validation
+            self.wrapped.train()
+            if self.runtime.is_main:
+                log.exception("step %d: validation failed; training goes on without it", self.step)
 
     def _report_skipped_clips(self) -> None:
         """The clips this run could not use, each counted once over every process (a clip's code is
@@ -537,7 +550,10 @@ class Trainer:
         cfg = self.config
         routing = cfg.stage_routing(cfg.stages[stage_index])
         tasks = [t for t in TASKS if any(cfg.stage_routing(s).tasks.get(t, 0) > 0 for s in cfg.stages)]
-        specs = [(t, m, False) for t in tasks for m in ([None] if t == "t2v" else cfg.modalities)]
+        # the run's modalities that this stage's validation clips have (a world stage has all five, an
+        # annotated real-video stage often fewer)
+        modalities = [m for m in cfg.modalities if m in modalities_of(clips.records)]
+        specs = [(t, m, False) for t in tasks for m in ([None] if t == "t2v" else modalities)]
         # The same samples with another clip's condition: if the loss does not rise, the model ignores it.
         specs += [(t, m, True) for t, m, _ in specs if t in CONDITION_OF and len(clips) > 1]
         self.wrapped.eval()

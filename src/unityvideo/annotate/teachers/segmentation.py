@@ -82,8 +82,10 @@ class MediaPipePeople(Teacher):
     def annotate(self, frames: np.ndarray) -> Annotation:
         people = detect_people(frames, upscale=self.hog_upscale)
         masks = [self._frame_masks(frame, boxes) for frame, boxes in zip(frames, people.boxes)]
-        masks = [m[m.reshape(len(m), -1).any(1)] for m in masks]
-        scores = [m.reshape(len(m), -1).sum(1).astype(np.float32) for m in masks]  # larger person on top
+        # A frame may have nobody: (0, H, W) masks, so the flat view names its size (-1 is ambiguous at 0).
+        pixels = int(np.prod(frames.shape[1:3]))
+        masks = [m[m.reshape(len(m), pixels).any(1)] for m in masks]
+        scores = [m.reshape(len(m), pixels).sum(1).astype(np.float32) for m in masks]  # larger person on top
         return finish_instances(masks, scores, [["person"] * len(m) for m in masks], frames.shape[1:3])
 
 
