@@ -63,15 +63,39 @@ class _Track:
     id: int
     item: np.ndarray  # the last matched mask or box
     last_seen: int
+    box: np.ndarray  # its bounding box (x0, y0, x1, y1)
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))  # centre px per frame
+    hits: int = 1
+
+    def predicted_box(self, frame: int) -> np.ndarray:
+        """Where the box should be now, moving on at its smoothed velocity (constant-velocity model)."""
+        return self.box + np.tile(self.velocity * (frame - self.last_seen), 2)
+
+    def matched(self, item: np.ndarray, box: np.ndarray, frame: int) -> None:
+        step = (_centre(box) - _centre(self.box)) / max(frame - self.last_seen, 1)
+        self.velocity = step if self.hits == 1 else 0.5 * (self.velocity + step)
+        self.item, self.box, self.last_seen, self.hits = item, box, frame, self.hits + 1
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float32)
 
 
 @dataclass
 class IoUTracker:
-    """Frame-by-frame IoU tracker. `update(items, iou_fn)` returns one id per item (0 = dropped)."""
+    """Frame-by-frame tracker. `update(items, iou_fn)` returns one id per item (0 = dropped).
+
+    Each detection is matched (Hungarian) to a live track by the larger of `iou_fn` with the track's
+    last item and the IoU of its box with the track's box moved on at the track's velocity (people
+    walking at 10 fps move most of a leg's width per frame, so last-frame IoU alone splits them).
+    Detections still unmatched then join unmatched tracks whose predicted centre lies within
+    `gate` x the track's box diagonal and whose size is within 2x (a person HOG boxed differently,
+    or found again after an occlusion)."""
 
     iou_threshold: float = 0.3
     max_age: int = 5
     max_ids: int = 63
+    gate: float = 0.35
     tracks: list[_Track] = field(default_factory=list)
     dropped: int = 0
     frame: int = -1
@@ -84,22 +108,49 @@ class IoUTracker:
         alive = [t for t in self.tracks if self.frame - t.last_seen <= self.max_age]
         self._free += sorted({t.id for t in self.tracks} - {t.id for t in alive})
         self.tracks = alive
+        items = np.asarray(items)
+        boxes = items.astype(np.float32).reshape(-1, 4) if items.ndim == 2 else masks_to_boxes(items)
         ids = [0] * len(items)
         if len(items) and self.tracks:
-            iou = iou_fn(np.stack([t.item for t in self.tracks]), np.asarray(items))
-            rows, cols = linear_sum_assignment(-iou)
+            predicted = np.stack([t.predicted_box(self.frame) for t in self.tracks])
+            score = np.maximum(iou_fn(np.stack([t.item for t in self.tracks]), items), box_iou(predicted, boxes))
+            rows, cols = linear_sum_assignment(-score)
             for r, c in zip(rows, cols):
-                if iou[r, c] >= self.iou_threshold:
+                if score[r, c] >= self.iou_threshold:
                     ids[c] = self.tracks[r].id
-                    self.tracks[r].item, self.tracks[r].last_seen = items[c], self.frame
+                    self.tracks[r].matched(items[c], boxes[c], self.frame)
+            self._match_near(items, boxes, ids)
         for c, item in enumerate(items):
             if ids[c] == 0:
                 ids[c] = self._new_id()
                 if ids[c]:
-                    self.tracks.append(_Track(ids[c], item, self.frame))
+                    self.tracks.append(_Track(ids[c], item, self.frame, boxes[c]))
                 else:
                     self.dropped += 1
         return ids
+
+    def _match_near(self, items: np.ndarray, boxes: np.ndarray, ids: list[int]) -> None:
+        """Second pass: unmatched detections to unmatched tracks by predicted-centre distance."""
+        free_tracks = [t for t in self.tracks if t.last_seen < self.frame]
+        free_items = [c for c in range(len(items)) if ids[c] == 0]
+        if not free_tracks or not free_items:
+            return
+        cost = np.full((len(free_tracks), len(free_items)), np.inf)
+        for r, track in enumerate(free_tracks):
+            box = track.predicted_box(self.frame)
+            diagonal = float(np.hypot(box[2] - box[0], box[3] - box[1]))
+            area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-6)
+            for k, c in enumerate(free_items):
+                d = float(np.linalg.norm(_centre(boxes[c]) - _centre(box)))
+                ratio = float((boxes[c][2] - boxes[c][0]) * (boxes[c][3] - boxes[c][1])) / area
+                if d <= self.gate * diagonal and 0.5 <= ratio <= 2.0:
+                    cost[r, k] = d / max(diagonal, 1e-6)
+        finite = np.where(np.isfinite(cost), cost, 1e6)
+        for r, k in zip(*linear_sum_assignment(finite)):
+            if np.isfinite(cost[r, k]):
+                c = free_items[k]
+                ids[c] = free_tracks[r].id
+                free_tracks[r].matched(items[c], boxes[c], self.frame)
 
     def _new_id(self) -> int:
         if self._next_id <= self.max_ids:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..tracking import track_masks
+from ..tracking import masks_to_id_map, track_masks
 from .base import Annotation, Teacher, TeacherUnavailable, batches, load_transformers, model_folder, resolve_device
 from .people import detect_people, import_mediapipe, square_crop
 
@@ -84,6 +84,13 @@ class MediaPipePeople(Teacher):
         masks = [self._frame_masks(frame, boxes) for frame, boxes in zip(frames, people.boxes)]
         # A frame may have nobody: (0, H, W) masks, so the flat view names its size (-1 is ambiguous at 0).
         pixels = int(np.prod(frames.shape[1:3]))
+        if all(len(boxes) or not len(m) for boxes, m in zip(people.boxes, masks)):
+            # Every mask belongs to a HOG track: its id is the track's. Re-tracking the masks (whose
+            # outlines change with every step) would only add identity switches.
+            ids = np.stack([masks_to_id_map(m, [int(i) for i in track], m.reshape(len(m), pixels).sum(1), m.shape[1:])
+                            if len(m) else np.zeros(frames.shape[1:3], np.uint8) for m, track in zip(masks, people.ids)])
+            instances = [{"id": i, "kind": "person"} for i in sorted(set(np.unique(ids).tolist()) - {0})]
+            return Annotation(ids, meta={"instances": instances, "tracking_dropped": 0})
         masks = [m[m.reshape(len(m), pixels).any(1)] for m in masks]
         scores = [m.reshape(len(m), pixels).sum(1).astype(np.float32) for m in masks]  # larger person on top
         return finish_instances(masks, scores, [["person"] * len(m) for m in masks], frames.shape[1:3])
