@@ -531,7 +531,24 @@ def _merge_fragments(groups: list[list[int]], kind: np.ndarray, region: np.ndarr
 
 
 def _visualize_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **hints: Any) -> Frames:
-    return _encode_skeleton(raw, size=size)
+    """The usual pose picture, for people (not the encoding, whose joint discs are sized to the frame so
+    they survive resizing to a training size, and which make a small person a blob): each person's
+    limbs as lines and joints as dots, both scaled to that person's height, in the encoding's colours."""
+    skeleton = _check_raw(raw, 4, 3, "skeleton", "float (F, P, 17, 3) keypoints (x, y, v)").astype(np.float64)
+    if size is None:
+        raise ValueError("skeleton.visualize needs the frame size: pass size=(H, W)")
+    skeleton = np.nan_to_num(skeleton, nan=0.0, posinf=-1e6, neginf=-1e6).clip(-1e6, 1e6)
+    canvas = np.zeros((skeleton.shape[0], int(size[0]), int(size[1]), 3), np.uint8)
+    for f, p in zip(*np.nonzero((skeleton[..., 2] >= 1).any(-1))):
+        person = skeleton[f:f + 1, p:p + 1]
+        visible = person[0, 0, person[0, 0, :, 2] >= 1]
+        height = max(float(np.ptp(visible[:, 1])), 8.0)
+        frames, centres, colours = _limb_samples(person)
+        _stamp(canvas, frames + f, centres, colours, radius=max(0.5, height / 60))
+        joints = np.nonzero(person[0, 0, :, 2] >= 1)[0]
+        _stamp(canvas, np.full(len(joints), f), person[0, 0, joints, 1::-1], SKELETON_JOINT_COLOURS[joints],
+               radius=max(1.0, height / 40))
+    return canvas
 
 
 # ----------------------------------------------------------------------------- densepose

@@ -207,15 +207,23 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     pipe = UnityVideoPipeline.from_pretrained(request.checkpoint, torch_dtype=getattr(torch, args.dtype),
                                               device=device, scheduler=args.scheduler)
+    for path in execute(pipe, request, args):
+        print(f"wrote {path}")
+    return 0
+
+
+def execute(pipe, request: Request, args: argparse.Namespace, callback_on_step_end=None) -> list[Path]:
+    """Run a checked request on a loaded pipeline and write its files (see `write_outputs`)."""
+    import torch
+
     generator = torch.Generator("cpu").manual_seed(args.seed)
     output = pipe(prompt=args.prompt or "", task=args.task, modalities=args.modality if args.task != "control" else (),
                   conditions=request.inputs, negative_prompt=args.negative_prompt, num_frames=request.frames,
                   height=request.size[0], width=request.size[1], num_inference_steps=args.steps,
                   guidance_scale=args.guidance, modality_guidance_scale=args.modality_guidance, shift=args.shift,
-                  generator=generator, cache_condition=args.cache_condition, ensemble_size=args.ensemble)
-    for path in write_outputs(args.out, output, request, args):
-        print(f"wrote {path}")
-    return 0
+                  generator=generator, cache_condition=args.cache_condition, ensemble_size=args.ensemble,
+                  callback_on_step_end=callback_on_step_end)
+    return write_outputs(args.out, output, request, args)
 
 
 def write_outputs(out: Path, output, request: Request, args: argparse.Namespace) -> list[Path]:

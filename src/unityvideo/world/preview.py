@@ -22,9 +22,10 @@ def stream_pictures(record: ClipRecord) -> dict[str, np.ndarray]:
     for name in MODALITY_NAMES:
         if record.modalities.get(name):
             frames = read_video(record.modalities[name])
-            if name in ("depth", "flow"):  # their encodings are not the usual picture: decode, then draw
+            if name in ("depth", "flow", "skeleton"):  # encodings that are not the usual picture: decode, draw
                 modality = get_modality(name)
-                frames = modality.visualize(modality.decode(frames, **record.hints()))
+                size = {"size": frames.shape[1:3]} if name == "skeleton" else {}
+                frames = modality.visualize(modality.decode(frames, **record.hints()), **size)
             pictures[name] = frames
     return pictures
 
