@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: setup demo test test-torchvision world bench clean
+.PHONY: setup demo test test-torchvision world app bench clean
 
 $(BIN)/unityvideo: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,13 +12,16 @@ $(BIN)/unityvideo: pyproject.toml
 	# On CPU machines torch 2.13.0 is installed explicitly (a local CPU wheel); pyproject keeps a
 	# range so GPU users keep their own CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,annotate,train,lora]"
+	$(BIN)/pip install -q -e ".[dev,annotate,train,lora,app]"
 	touch $@
 
 setup: $(BIN)/unityvideo
 
 demo: setup
 	$(BIN)/unityvideo demo --out $(OUT)
+
+app: setup
+	$(BIN)/unityvideo app
 
 world: setup
 	$(BIN)/unityvideo world --out out/world --clips 8 --frames 16 --size 128 128 --preview

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "unityvideo.pipeline_cli",
     "unityvideo.eval.cli",
     "unityvideo.demo",
+    "unityvideo.app",
 )
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import html
 import json
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, features
 
+from unityvideo.browser import find_chromium, screenshot
 from unityvideo.eval.compare import FRACTION_EFFECT, RELATIVE_EFFECT, is_better
 from unityvideo.eval.runner import EVAL_TASKS, bar_text, interval_text, references_text
 
@@ -234,27 +233,10 @@ def report_from_results(out_dir: str | Path, name: str = "results", loss_curve: 
 # ----- rendering check --------------------------------------------------------------------------------
 
 
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if (found := shutil.which(name)):
-            return found
-    return None
-
-
 def screenshot_report(html_path: str | Path, png: str | Path, width: int = 1280, height: int = 2000,
                       timeout: float = 120.0) -> Path | None:
     """Render `html_path` with headless Chromium into `png`; None when no Chromium is installed
     (Debian: apt-get install chromium)."""
-    browser = find_chromium()
-    if browser is None:
+    if find_chromium() is None:
         return None
-    png = Path(png).resolve()
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                        "--hide-scrollbars", f"--screenshot={png}", f"--window-size={width},{height}",
-                        Path(html_path).resolve().as_uri()],
-                       check=True, capture_output=True, timeout=timeout)
-    if not png.is_file():
-        raise RuntimeError(f"chromium ran but wrote no screenshot {png}")
-    return png
+    return screenshot(html_path, png, width, height, timeout=timeout)
