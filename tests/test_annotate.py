@@ -420,7 +420,8 @@ def test_rerun_skips_finished_clips(annotated, capsys):
 
 def test_annotated_dataset_trains_with_unityvideo_train(annotated, tmp_path):
     """`unityvideo train` on the annotated dataset as written (no conversion): a tiny run finishes,
-    learns every annotated modality and exports a checkpoint the pipeline can load."""
+    trains on the annotated modalities (a finite loss; two steps learn nothing yet) and exports a
+    checkpoint whose spec lists them."""
     from unityvideo.cli import main
     from unityvideo.models.checkpoint import load_checkpoint_spec
 
