@@ -651,20 +651,25 @@ class Modality:
 
 
 MODALITIES: dict[str, Modality] = {m.name: m for m in (
-    Modality("rgb", ("video", "rgb_video"), "rgb video", False, False, _encode_rgb, _decode_rgb),
-    Modality("depth", ("disparity",), "depth map", True, False, _encode_depth, _decode_depth, _visualize_depth),
-    Modality("flow", ("raft", "optical_flow"), "optical flow", True, False, _encode_flow, _decode_flow,
-             _visualize_flow),
-    Modality("segmentation", ("seg", "mask"), "instance segmentation mask", False, True,
-             _encode_segmentation, _decode_segmentation, combine_fn=_combine_medoid),
-    Modality("skeleton", ("pose", "keypoints"), "human skeleton", False, True, _encode_skeleton,
-             _decode_skeleton, _visualize_skeleton, _combine_medoid),
-    Modality("densepose", ("iuv",), "densepose", True, True, _encode_densepose, _decode_densepose,
-             _visualize_densepose, _combine_densepose),
+    Modality("rgb", aliases=("video", "rgb_video"), prompt="rgb video", pixel_aligned=False, categorical=False,
+             encode_fn=_encode_rgb, decode_fn=_decode_rgb),
+    Modality("depth", aliases=("disparity",), prompt="depth map", pixel_aligned=True, categorical=False,
+             encode_fn=_encode_depth, decode_fn=_decode_depth, visualize_fn=_visualize_depth),
+    Modality("flow", aliases=("raft", "optical_flow"), prompt="optical flow", pixel_aligned=True, categorical=False,
+             encode_fn=_encode_flow, decode_fn=_decode_flow, visualize_fn=_visualize_flow),
+    Modality("segmentation", aliases=("seg", "mask"), prompt="instance segmentation mask", pixel_aligned=False,
+             categorical=True, encode_fn=_encode_segmentation, decode_fn=_decode_segmentation,
+             combine_fn=_combine_medoid),
+    Modality("skeleton", aliases=("pose", "keypoints"), prompt="human skeleton", pixel_aligned=False,
+             categorical=True, encode_fn=_encode_skeleton, decode_fn=_decode_skeleton,
+             visualize_fn=_visualize_skeleton, combine_fn=_combine_medoid),
+    Modality("densepose", aliases=("iuv",), prompt="densepose", pixel_aligned=True, categorical=True,
+             encode_fn=_encode_densepose, decode_fn=_decode_densepose, visualize_fn=_visualize_densepose,
+             combine_fn=_combine_densepose),
 )}
 
 STREAM_NAMES: tuple[str, ...] = tuple(MODALITIES)  # rgb first, then the five modalities
-MODALITY_NAMES: tuple[str, ...] = ("depth", "flow", "segmentation", "skeleton", "densepose")
+MODALITY_NAMES: tuple[str, ...] = STREAM_NAMES[1:]
 STAGE1_MODALITIES: tuple[str, ...] = tuple(n for n in MODALITY_NAMES if MODALITIES[n].pixel_aligned)
 
 _BY_ALIAS: dict[str, str] = {alias: m.name for m in MODALITIES.values() for alias in (m.name, *m.aliases)}

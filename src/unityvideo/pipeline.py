@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from .models import lora
 from .models.checkpoint import ESTIMATE_MODES, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, resolve_asset
-from .models.codec import CODEC_GEOMETRY, LatentCodec, LatentGeometry, LatentNorm, load_codec
+from .models.codec import LatentCodec, LatentGeometry, LatentNorm, codec_geometry, load_codec
 from .models.text import TextEncoder, load_text_encoder
 from .models.transformer import RGB, ConditionCache, Stream, UnityVideoTransformer
 from .modalities import canonical_name, default_max_flow, get_modality
@@ -164,16 +164,6 @@ def plan_streams(task: str, modalities: Sequence[str] = (), conditions: Sequence
         raise ValueError(f"modalities {unknown}: this checkpoint has not learned them; it knows "
                          f"{sorted(learned_modalities or [])}")
     return plan
-
-
-def codec_geometry(codec: str) -> LatentGeometry:
-    """Shape rules of a codec by name, without loading its weights."""
-    if codec.startswith("pixel") and codec[5:].isdigit():
-        factor = int(codec[5:])
-        return LatentGeometry(channels=3 * factor * factor, temporal=1, spatial=factor)
-    if codec not in CODEC_GEOMETRY:
-        raise ValueError(f"unknown codec {codec!r}; choose pixel2, pixel4, wan2.1 or wan2.2")
-    return CODEC_GEOMETRY[codec]
 
 
 def check_geometry(geometry: LatentGeometry, patch_size: Sequence[int], rope_max_seq_len: int,

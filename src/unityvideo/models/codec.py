@@ -216,10 +216,28 @@ class LatentNorm:
         return cls({k: (float(v[0]), float(v[1])) for k, v in (raw or {}).items()})
 
 
+UNKNOWN_CODEC = "unknown codec {!r}; choose pixel2, pixel4, wan2.1 or wan2.2"
+
+
+def pixel_factor(name: str) -> int | None:
+    """The space-to-depth factor of a `pixelN` codec name (None for any other name)."""
+    return int(name[5:]) if name.startswith("pixel") and name[5:].isdigit() else None
+
+
+def codec_geometry(name: str) -> LatentGeometry:
+    """Shape rules of a codec by name, without loading its weights."""
+    factor = pixel_factor(name)
+    if factor is not None:
+        return LatentGeometry(channels=3 * factor * factor, temporal=1, spatial=factor)
+    if name not in CODEC_GEOMETRY:
+        raise ValueError(UNKNOWN_CODEC.format(name))
+    return CODEC_GEOMETRY[name]
+
+
 def load_codec(spec: str, folder: str | Path | None = None, **kwargs) -> LatentCodec:
     """`pixel2` / `pixel4` (no weights) or `wan2.1` / `wan2.2` (a local VAE folder, shapes checked)."""
-    if spec.startswith("pixel") and spec[5:].isdigit():
-        return PixelCodec(int(spec[5:]))
+    if pixel_factor(spec) is not None:
+        return PixelCodec(pixel_factor(spec))
     if spec in ("wan2.1", "wan2.2"):
         if folder is None:
             raise ValueError(f"codec {spec!r} needs the local folder of its VAE weights (folder=...)")
@@ -229,4 +247,4 @@ def load_codec(spec: str, folder: str | Path | None = None, **kwargs) -> LatentC
             raise ValueError(f"{folder}: this VAE has {codec.latent_channels} channels x{codec.spatial_factor}, "
                              f"but {spec!r} is {want.channels} channels x{want.spatial}; check the folder")
         return codec
-    raise ValueError(f"unknown codec {spec!r}; choose pixel2, pixel4, wan2.1 or wan2.2")
+    raise ValueError(UNKNOWN_CODEC.format(spec))

@@ -45,8 +45,10 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from safetensors import safe_open
 
+from ..modalities import MODALITY_NAMES
+
 RGB = "rgb"
-DEFAULT_MODALITIES = ("depth", "flow", "segmentation", "skeleton", "densepose")
+DEFAULT_MODALITIES = MODALITY_NAMES
 EXPERT_MODES = ("per_modality", "shared", "none")
 TIMESTEP_SCALE = 1000.0  # Wan's embedder expects timesteps in [0, 1000]
 

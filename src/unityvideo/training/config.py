@@ -20,6 +20,7 @@ import yaml
 
 from ..data.files import read_utf8
 from ..flow import TASKS, RoutingConfig, TimestepSampler
+from ..modalities import STAGE1_MODALITIES
 from ..models.checkpoint import ASSET_MODES, TEXT_CONVENTIONS
 from ..models.codec import LATENT_NORMS
 from ..models.lora import LoraSettings
@@ -90,7 +91,8 @@ class Stage:
 
     name: str = "stage"
     steps: int = 100
-    modalities: dict[str, float] = field(default_factory=lambda: {"depth": 1.0, "flow": 1.0, "densepose": 1.0})
+    # the curriculum's first stage: the pixel-aligned modalities (the registry's `pixel_aligned` flag)
+    modalities: dict[str, float] = field(default_factory=lambda: {m: 1.0 for m in STAGE1_MODALITIES})
     tasks: dict[str, float] | None = None
     data: DataConfig | None = None
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import yaml
 
 from ..flow import TASKS
+from ..modalities import STREAM_NAMES
 from .logger import read_metrics
 
-STREAMS = ("rgb", "depth", "flow", "segmentation", "skeleton", "densepose")
+STREAMS = STREAM_NAMES
 
 
 def _smooth(values: list[float], window: int) -> list[float]:

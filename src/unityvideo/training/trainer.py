@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..flow import TASKS, Route, flow_loss, route_batch, validation_route
+from ..modalities import STREAM_NAMES
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
 from ..models.checkpoint import (SPEC_NAME, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, place_asset,
                                  resolve_asset)
@@ -42,7 +43,7 @@ from .parallel import (Runtime, all_reduce_max, all_reduce_max_tensor, all_reduc
 
 log = logging.getLogger("unityvideo.train")
 
-STREAMS = (RGB, "depth", "flow", "segmentation", "skeleton", "densepose")
+STREAMS = STREAM_NAMES  # the loss slots: rgb and the five modalities
 EVAL_NOISE_SEED = 777
 
 
