@@ -316,3 +316,23 @@ def test_bad_estimate_options_are_clear_errors():
         RoutingConfig(estimate_mode="one_step", estimate_loss={"depth": "huber"})
     with pytest.raises(ValueError, match="applies to estimate_mode=one_step only"):
         RoutingConfig(estimate_loss={"depth": "l1"})
+
+
+def test_one_task_table_drives_training_routes_and_inference_plans():
+    """Training's routes and the pipeline's stream plans read the same table: a stream is noisy in
+    training exactly when the pipeline generates it."""
+    from unityvideo.flow import TASK_TABLE, RoutingConfig, validation_route
+    from unityvideo.pipeline import TASKS as PIPELINE_TASKS
+    from unityvideo.pipeline import plan_streams
+
+    assert set(PIPELINE_TASKS) == set(TASK_TABLE)
+    requests = {"t2v": ((), ()), "joint": (("depth",), ()), "control": ((), ("depth",)), "estimate": (("depth",), ("rgb",))}
+    for name, task in TASK_TABLE.items():
+        route = validation_route(RoutingConfig(), name, "depth" if task.has_modality else None, 0.5)
+        plan = plan_streams(name, *requests[name])
+        assert plan.targets[0] == task.noisy_rgb == route.noisy_rgb == (route.t_rgb > 0)
+        if task.has_modality:
+            assert plan.targets[1] == task.noisy_modality == route.noisy_modality == (route.t_modality > 0)
+            assert plan.condition_names == ((("rgb",) if task.condition == "rgb" else ("depth",)) if task.condition else ())
+        else:
+            assert plan.streams == ("rgb",) and route.modality is None

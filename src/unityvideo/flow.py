@@ -39,7 +39,37 @@ import torch
 from .models.checkpoint import ESTIMATE_MODES
 from .models.transformer import RGB, Stream
 
-TASKS = ("control", "estimate", "joint", "t2v")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task does with the two streams, for training and inference alike (the one task table).
+
+    noisy_*: the stream is generated (noised, in the loss) rather than given clean (t = 0);
+    has_modality: the task has a modality stream (t2v does not); caption_if_trained: the RGB caption
+    reaches the model only if the checkpoint learned the task with one (`estimate_caption`)."""
+
+    name: str
+    noisy_rgb: bool
+    noisy_modality: bool
+    has_modality: bool = True
+    caption_if_trained: bool = False
+
+    @property
+    def condition(self) -> str | None:
+        """The clean stream that conditions the task ("rgb" or "modality"), None when there is none."""
+        if not self.noisy_rgb:
+            return "rgb"
+        return "modality" if self.has_modality and not self.noisy_modality else None
+
+
+TASK_TABLE: dict[str, Task] = {t.name: t for t in (
+    Task("control", noisy_rgb=True, noisy_modality=False),
+    Task("estimate", noisy_rgb=False, noisy_modality=True, caption_if_trained=True),
+    Task("joint", noisy_rgb=True, noisy_modality=True),
+    Task("t2v", noisy_rgb=True, noisy_modality=False, has_modality=False),
+)}
+TASKS = tuple(TASK_TABLE)
 TIMESTEP_SAMPLERS = ("uniform", "logit_normal")
 ESTIMATE_LOSSES = ("l2", "l1")
 
@@ -202,11 +232,11 @@ class Route:
 
     @property
     def noisy_rgb(self) -> bool:
-        return self.task != "estimate"
+        return TASK_TABLE[self.task].noisy_rgb
 
     @property
     def noisy_modality(self) -> bool:
-        return self.task in ("estimate", "joint")
+        return TASK_TABLE[self.task].noisy_modality
 
 
 def sample_generator(seed: int, sample: int) -> torch.Generator:
@@ -229,7 +259,7 @@ def draw_route(config: RoutingConfig, generator: torch.Generator) -> Route:
     t_rgb, t_mod = config.timesteps.sample(2, generator).tolist()
     drop_caption, drop_prompt = (torch.rand(2, generator=generator) < torch.tensor(
         [config.caption_dropout, config.prompt_dropout])).tolist()
-    if task == "t2v":
+    if not TASK_TABLE[task].has_modality:
         modality = None
     elif modality is None:
         raise ValueError(f"task {task!r} needs a modality but the modality weights are all zero")
@@ -246,10 +276,10 @@ def validation_route(config: RoutingConfig, task: str, modality: str | None, t: 
 
 def _route(config, task, modality, t_rgb, t_mod, drop_caption, drop_prompt) -> Route:
     """Condition streams clean (t = 0), targets at their t; a one-step estimate's modality at t = 1."""
-    one_step = config.one_step(task)
+    one_step, spec = config.one_step(task), TASK_TABLE[task]
     return Route(task=task, modality=modality,
-                 t_rgb=t_rgb if task != "estimate" else 0.0,
-                 t_modality=1.0 if one_step else t_mod if task in ("estimate", "joint") else 0.0,
+                 t_rgb=t_rgb if spec.noisy_rgb else 0.0,
+                 t_modality=1.0 if one_step else t_mod if spec.noisy_modality else 0.0,
                  drop_caption=drop_caption, drop_prompt=drop_prompt, deterministic=one_step)
 
 
@@ -329,7 +359,7 @@ def _build_group(config, routes, indices, rgb, mod_latents, noises, captions, en
 
 
 def _caption_text(config: RoutingConfig, route: Route, caption: str) -> str:
-    if route.drop_caption or (route.task == "estimate" and not config.estimate_caption):
+    if route.drop_caption or (TASK_TABLE[route.task].caption_if_trained and not config.estimate_caption):
         return ""
     return caption
 

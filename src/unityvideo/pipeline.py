@@ -55,6 +55,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from .flow import TASK_TABLE
 from .models import lora
 from .models.checkpoint import ESTIMATE_MODES, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, resolve_asset
 from .models.codec import LatentCodec, LatentGeometry, LatentNorm, codec_geometry, load_codec
@@ -67,7 +68,7 @@ __all__ = [
     "StreamPlan", "plan_streams", "check_geometry", "codec_geometry", "make_scheduler", "read_transformer_config",
 ]
 
-TASKS = ("t2v", "joint", "control", "estimate")
+TASKS = ("t2v", "joint", "control", "estimate")  # flow.TASK_TABLE's tasks, in the order people read them
 SCHEDULERS = ("euler", "unipc")
 # Text guidance by default for the generative tasks; estimation is a measurement: no guidance.
 DEFAULT_GUIDANCE = {"t2v": 5.0, "joint": 5.0, "control": 5.0, "estimate": 1.0}
@@ -136,12 +137,12 @@ def plan_streams(task: str, modalities: Sequence[str] = (), conditions: Sequence
         if modalities or conditions:
             raise ValueError(f"t2v generates RGB only; got modalities {modalities} and conditions {conditions} "
                              "(use --task joint to generate modalities too, --task control to condition on them)")
-        plan = StreamPlan(task, (RGB,), (True,))
+        streams = (RGB,)
     elif task == "joint":
         if not modalities or conditions:
             raise ValueError("joint generates RGB and at least one modality from a caption: give the "
                              f"modalities (got {modalities}) and no condition videos (got {conditions})")
-        plan = StreamPlan(task, (RGB, *modalities), (True,) * (1 + len(modalities)))
+        streams = (RGB, *modalities)
     elif task == "control":
         if RGB in conditions or not conditions:
             raise ValueError("control generates RGB from one or more modality videos: give a video per "
@@ -149,14 +150,16 @@ def plan_streams(task: str, modalities: Sequence[str] = (), conditions: Sequence
         if modalities and modalities != conditions:
             raise ValueError(f"control: {len(modalities)} modalities {modalities} but {len(conditions)} condition "
                              f"videos for {conditions}; give one input video per modality, in the same order")
-        plan = StreamPlan(task, (RGB, *conditions), (True,) + (False,) * len(conditions))
+        streams = (RGB, *conditions)
     else:  # estimate
         if conditions != [RGB]:
             raise ValueError("estimate needs exactly one input: the RGB video to estimate modalities from "
                              f"(got {conditions or 'none'})")
         if not modalities:
             raise ValueError("estimate: name the modality (or modalities) to estimate, e.g. depth")
-        plan = StreamPlan(task, (RGB, *modalities), (False,) + (True,) * len(modalities))
+        streams = (RGB, *modalities)
+    spec = TASK_TABLE[task]  # which streams are generated comes from the task table, as in training
+    plan = StreamPlan(task, streams, (spec.noisy_rgb,) + (spec.noisy_modality,) * (len(streams) - 1))
 
     unknown = [m for m in plan.streams if m != RGB and learned_modalities is not None
                and m not in learned_modalities]

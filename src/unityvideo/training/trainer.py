@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..flow import TASKS, Route, flow_loss, route_batch, validation_route
+from ..flow import TASK_TABLE, TASKS, Route, flow_loss, route_batch, validation_route
 from ..modalities import STREAM_NAMES
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
 from ..models.checkpoint import (SPEC_NAME, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, place_asset,
@@ -696,7 +696,7 @@ class Trainer:
 
 
 # The clean condition of each task, as an item key: swapped with another clip's in validation.
-CONDITION_OF = {"control": "modality", "estimate": "rgb"}
+CONDITION_OF = {t: TASK_TABLE[t].condition for t in TASKS if TASK_TABLE[t].condition}
 LATENT_NORM_FILE = "latent_norm.json"
 ADAPTER_DIR = "adapter"
 
