@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 from .checkpoint import CheckpointSpec, place_asset
-from .transformer import UnityVideoTransformer, _empty_model
+from .transformer import UnityVideoTransformer, _copy_weights, _empty_model
 
 # The authors' modality names -> ours, and the prompt each of their modality streams was trained with.
 AUTHORS_MODALITIES = {"depth": "depth", "raft": "flow", "segmentation": "segmentation", "skeleton": "skeleton",
@@ -120,7 +120,7 @@ def authors_transformer(state: dict[str, torch.Tensor], num_attention_heads: int
         modalities=tuple(AUTHORS_MODALITIES.values()), adaln_table=False, experts="per_modality",
         shared_timestep=True, stream_positions="side_by_side", **config), None)
     with torch.no_grad():
-        _copy_strict(model.backbone, wan, "base.*")
+        _copy_weights(model.backbone, wan, "base.*")
         conv_w, conv_b = state["flow_patch_embedding.weight"].double(), state["flow_patch_embedding.bias"].double()
         lin_w, lin_b = state["flow_in.weight"].double(), state["flow_in.bias"].double()
         weight = torch.einsum("od,dcxyz->ocxyz", lin_w, conv_w)  # flow_in after the patch Conv3d, as one Conv3d
@@ -149,19 +149,6 @@ def _check_authors_keys(state: dict) -> None:
     if extra:
         raise ValueError(f"the checkpoint has tensors this converter does not know: {extra[:4]}; it was written "
                          "by another version of the authors' code")
-
-
-def _copy_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(k for k in set(tensors) - set(expected) if "norm_added_q" not in k)
-    if missing or unexpected:
-        raise ValueError(f"{where}: the Wan weights do not match a text-to-video Wan transformer: missing "
-                         f"{missing[:4]} ({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})")
-    for name, target in expected.items():
-        if tensors[name].shape != target.shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(target.shape)}")
-        target.copy_(tensors[name])
 
 
 def convert_authors_checkpoint(checkpoint: str | Path, base: str | Path, out: str | Path,

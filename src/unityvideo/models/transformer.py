@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -451,13 +451,12 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         safetensors, sharded or not; a pipeline folder with a `transformer/` subfolder also works), or
         Wan's original format (one .safetensors file, or a folder of them with Wan's config.json:
         names mapped by diffusers' Wan key map, the head count from config.json or width / 128)."""
-        from .convert import _copy_strict, is_original_wan_path, load_original_wan
+        from .convert import is_original_wan_path, load_original_wan
 
         if is_original_wan_path(Path(folder)):
             config, state = load_original_wan(folder, unity_config.pop("num_attention_heads", None))
             model = _empty_model(cls, {**config, **unity_config}, torch_dtype)
-            with torch.no_grad():
-                _copy_strict(model.backbone, state, str(folder))
+            _copy_weights(model.backbone, state, str(folder))
             model.init_unity_parameters()
             return model
         folder = _model_folder(folder, subfolder="transformer")
@@ -825,19 +824,26 @@ def _open_weights(path: Path):
         raise ValueError(f"{path}: not a complete safetensors file ({err}); copy or export it again") from None
 
 
+def _check_names(expected: Mapping, names, where: str, fix: str) -> list[str]:
+    """The tensor names to copy into a module whose state dict is `expected`, or a clear error when
+    some are missing or unexpected (Wan's `norm_added_q`, dropped by diffusers too, is ignored)."""
+    names = [n for n in names if "norm_added_q" not in n]
+    missing = sorted(set(expected) - set(names))
+    unexpected = sorted(set(names) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{where}: weights do not match the model: missing {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
+                         f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)}); {fix}")
+    return names
+
+
 @torch.no_grad()
 def _load_weights(module: nn.Module, folder: Path) -> None:
-    """Copy every tensor of a folder into `module`, strictly, with shape checks."""
+    """Copy every tensor of a folder into `module`, strictly, with shape checks (file by file)."""
     files = _weight_files(folder)
     expected = module.state_dict()
-    files = {k: v for k, v in files.items() if "norm_added_q" not in k}  # dropped by diffusers too
-    missing = sorted(set(expected) - set(files))
-    unexpected = sorted(set(files) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not match config.json: missing {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
-                         f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)}); is this the right "
-                         "kind of folder (from_backbone: a Wan T2V transformer, from_pretrained: a UnityVideo save)?")
+    _check_names(expected, files, f"{folder} (config.json)", "is this the right kind of folder (from_backbone: "
+                 "a Wan T2V transformer, from_pretrained: a UnityVideo save)?")
     for path in sorted(set(files.values())):
         with _open_weights(path) as f:
             for name in f.keys():
@@ -849,6 +855,17 @@ def _load_weights(module: nn.Module, folder: Path) -> None:
                                      f"implies {tuple(expected[name].shape)}; the config and weights disagree "
                                      "(fix config.json or re-export the folder)")
                 expected[name].copy_(tensor)
+
+
+@torch.no_grad()
+def _copy_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Copy an in-memory Wan state dict (diffusers' names) into `module`, strictly, with shape checks."""
+    expected = module.state_dict()
+    for name in _check_names(expected, tensors, where, "is it a text-to-video Wan transformer?"):
+        if tensors[name].shape != expected[name].shape:
+            raise ValueError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, the model expects "
+                             f"{tuple(expected[name].shape)}")
+        expected[name].copy_(tensors[name])
 
 
 # ----- compute ------------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ from ..models.lora import (add_lora, has_lora, load_transformer, merge_and_unloa
                            save_adapter, trained_names)
 from .checkpoint import find_checkpoint, last_good_checkpoint, load_checkpoint, point_latest_at, save_checkpoint
 from .config import Config, dump_config
-from .data import (ClipStreams, fit_stage_modalities, modalities_of, LatentCache, MemoryLatents, StepBatches, TextBank, collate_samples, manifest_of,
-                   prepare_world, sample_noise, split_records)
+from .data import (ClipStreams, LatentCache, MemoryLatents, StepBatches, TextBank, collate_samples,
+                   fit_stage_modalities, manifest_of, modalities_of, prepare_world, sample_noise, split_records)
 from .logger import MetricLogger
 from .parallel import (Runtime, all_reduce_max, all_reduce_max_tensor, all_reduce_sum, apply_parallel,
                        choose_parallel, compute_dtype, init_runtime, inner_model, shutdown)
@@ -554,7 +554,7 @@ class Trainer:
         # the run's modalities that this stage's validation clips have (a world stage has all five, an
         # annotated real-video stage often fewer)
         modalities = [m for m in cfg.modalities if m in modalities_of(clips.records)]
-        specs = [(t, m, False) for t in tasks for m in ([None] if t == "t2v" else modalities)]
+        specs = [(t, m, False) for t in tasks for m in (modalities if TASK_TABLE[t].has_modality else [None])]
         # The same samples with another clip's condition: if the loss does not rise, the model ignores it.
         specs += [(t, m, True) for t, m, _ in specs if t in CONDITION_OF and len(clips) > 1]
         self.wrapped.eval()
