@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perf_common as perf  # noqa: E402
 
 from unityvideo.models import CODEC_GEOMETRY, PRESET_CODECS, LatentCodec, forward_flops  # noqa: E402
-from unityvideo.models.transformer import _keep_fp32  # noqa: E402
+from unityvideo.models.weights import keep_fp32  # noqa: E402
 from unityvideo.pipeline import UnityVideoPipeline, make_scheduler  # noqa: E402
 
 PROMPT, NEGATIVE = "a benchmark clip", ""
@@ -258,7 +258,7 @@ def build_pipeline(args, device, dtype) -> UnityVideoPipeline:
     model = perf.build_model(args.preset, device, args.layers).eval().requires_grad_(False)
     if dtype != torch.float32:
         model.to(dtype)
-        _keep_fp32(model)  # as loading with torch_dtype does: timestep embedder, norms, tables in fp32
+        keep_fp32(model)  # as loading with torch_dtype does: timestep embedder, norms, tables in fp32
     if args.compile:
         perf.compile_model(model)
     codec = PRESET_CODECS[args.preset]

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from unityvideo.models.codec import CODEC_GEOMETRY
-from unityvideo.models.transformer import PRESET_CODECS, PRESETS, forward_flops
+from unityvideo.models import forward_flops
+from unityvideo.models.transformer import PRESET_CODECS, PRESETS
 
 CASES = [("wan2.1-t2v-1.3b", 33, 256), ("wan2.2-ti2v-5b", 33, 256), ("wan2.1-t2v-14b", 33, 256)]
 PROMPT_TOKENS = (32, 64, 128)  # a world caption is 30-60 umT5 tokens

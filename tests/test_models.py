@@ -435,7 +435,7 @@ def test_isolated_condition_does_not_see_the_noisy_stream():
 
 
 def test_per_sample_mask_equals_the_split_when_samples_share_the_pattern(monkeypatch):
-    from unityvideo.models.transformer import MaskedAttention, SplitAttention
+    from unityvideo.models.attention import MaskedAttention, SplitAttention
 
     model = tiny(condition_isolation=True)
     streams = estimate_streams()

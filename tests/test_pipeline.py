@@ -2,6 +2,7 @@
 flow-matching sanity with an oracle velocity, condition streams, and the CLI's errors and files."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from unityvideo import cli, pipeline_cli
 from unityvideo.data import load_raw, probe_video, read_video, write_video
-from unityvideo.modalities import get_modality
+from unityvideo.modalities import ENCODING_VERSIONS, get_modality
 from unityvideo.models import LatentNorm, Stream, UnityVideoTransformer
 from unityvideo.models.checkpoint import CheckpointSpec, load_checkpoint_spec
 from unityvideo.pipeline import UnityVideoPipeline, make_scheduler
@@ -573,3 +574,23 @@ def test_model_cpu_offload_moves_one_model_at_a_time_and_changes_nothing(pipe, m
                                                                             "codec"]
     with pytest.raises(ValueError, match="only the Wan VAE codecs tile"):
         pipe.enable_vae_tiling()
+
+
+def test_a_checkpoint_of_another_picture_format_is_refused_for_that_modality(checkpoint, tmp_path):
+    """A model trained on an earlier DensePose picture format would be decoded wrongly: refuse that
+    modality (naming it and the fix), keep serving the others. A spec file from before formats were
+    recorded counts as format 1."""
+    old = tmp_path / "old"
+    shutil.copytree(checkpoint, old)
+    raw = json.loads((old / "unityvideo.json").read_text())
+    raw["modalities"] = [*LEARNED, "densepose"]
+    del raw["encodings"]
+    (old / "unityvideo.json").write_text(json.dumps(raw))
+    assert load_checkpoint_spec(old).encodings == {}
+    pipe = UnityVideoPipeline.from_pretrained(old)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"densepose format 1 \(this version reads 2\).*fine-tune"):
+        pipe(video=video(0), task="estimate", modalities=["densepose"], num_inference_steps=1)
+    out = pipe(video=video(0), task="estimate", modalities=["depth"], num_inference_steps=1)
+    assert out.frames["depth"].shape[1:4] == (F, H, W)
+    assert load_checkpoint_spec(checkpoint).encodings == ENCODING_VERSIONS  # written by this version

@@ -211,8 +211,9 @@ def test_training_lowers_the_validation_loss(reference_run):
     assert last["val/loss"] < 0.9 * first["val/loss"], (first["val/loss"], last["val/loss"])
 
 
-def test_nan_step_is_skipped_and_counted(small_config, tmp_path):
-    run = train(config_for(small_config, tmp_path / "run", "train.nan_steps=[2]", "train.checkpoint_every=1",
+def test_nan_step_is_skipped_and_counted(small_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "POISONED_STEPS", {2})
+    run = train(config_for(small_config, tmp_path / "run", "train.checkpoint_every=1",
                            "train.keep_checkpoints=0", "train.eval_every=0", "stages.0.steps=2", "stages.1.steps=2"))
     rows = {r["step"]: r for r in read_metrics(run) if r["kind"] == "train"}
     assert rows[3]["skipped"] and rows[3]["nonfinite_total"] == 1 and rows[3]["loss"] == "nan"
@@ -222,19 +223,21 @@ def test_nan_step_is_skipped_and_counted(small_config, tmp_path):
                                                                            "step-000004"]
 
 
-def test_too_many_nan_steps_abort_with_a_clear_message(small_config, tmp_path):
+def test_too_many_nan_steps_abort_with_a_clear_message(small_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "POISONED_STEPS", {0, 1, 2, 3})
     with pytest.raises(NonFiniteLossError, match="non-finite steps in a row.*max_nonfinite=2"):
-        train(config_for(small_config, tmp_path / "run", "train.nan_steps=[0, 1, 2, 3]", "train.max_nonfinite=2",
+        train(config_for(small_config, tmp_path / "run", "train.max_nonfinite=2",
                          "train.eval_every=0"))
 
 
-def test_a_nan_streak_never_replaces_the_last_good_checkpoint(small_config, tmp_path):
+def test_a_nan_streak_never_replaces_the_last_good_checkpoint(small_config, tmp_path, monkeypatch):
     """Steps 4-6 non-finite with keep_checkpoints=1: nothing is written during the streak, the
     checkpoint written just before it (step 4, the weights that produced the first NaN) does not prune
     the one before, and the abort names that one and points --resume at it."""
     run_dir = tmp_path / "run"
+    monkeypatch.setattr(trainer_module, "POISONED_STEPS", {4, 5, 6, 7})
     with pytest.raises(NonFiniteLossError, match=r"last good checkpoint is .*step-000003") as err:
-        train(config_for(small_config, run_dir, "train.nan_steps=[4, 5, 6, 7]", "train.max_nonfinite=2",
+        train(config_for(small_config, run_dir, "train.max_nonfinite=2",
                          "train.checkpoint_every=1", "train.keep_checkpoints=1", "train.eval_every=0"))
     assert "--resume" in str(err.value)
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-000003", "step-000004"]
@@ -542,3 +545,55 @@ def test_a_shared_world_cache_gives_each_run_exactly_its_clips():
     kept = world_records(cache, WorldData(clips=4, val_clips=2))
     assert [r.clip_id for r in kept] == ["train-00000", "train-00001", "train-00002", "train-00003",
                                          "test-00000", "test-00001"]
+
+
+def test_train_crop_cuts_one_native_window_per_sample_and_validation_sees_whole_clips(small_config, tmp_path):
+    """train_crop: the RGB and modality streams of a sample are cut at the same place, from the
+    unresampled clip, at a place drawn from the sample number (so a resume cuts the same windows)."""
+    from unityvideo.flow import Route
+    from unityvideo.training.data import ClipStreams, SampleRef, manifest_of, prepare_world, split_records
+
+    config = config_for(small_config, tmp_path / "run", "data.train_crop={frames: 2, size: [8, 8]}")
+    data = config.data
+    prepare_world(data.world, tmp_path / "run")
+    train_records, _ = split_records(manifest_of(data, tmp_path / "run"), None, data.world)
+    whole = ClipStreams(train_records, data, seed=0)
+    cropped = ClipStreams(train_records, data, seed=0, crop=True)
+    route = Route(task="estimate", modality="densepose", t_rgb=0.0, t_modality=0.5, drop_caption=False,
+                  drop_prompt=False)
+    windows = set()
+    for number in range(12):
+        ref = SampleRef(number=number, clip=number % len(train_records), route=route)
+        full, cut = whole[ref], cropped[ref]
+        assert cut["rgb"].shape == cut["modality"].shape == (3, 2, 8, 8)
+        start = int(cut["frame_indices"][0])
+        found = [(y, x) for y in range(9) for x in range(9)
+                 if torch.equal(full["rgb"][:, start:start + 2, y:y + 8, x:x + 8], cut["rgb"])
+                 and torch.equal(full["modality"][:, start:start + 2, y:y + 8, x:x + 8], cut["modality"])]
+        assert found, "the window is not a piece of the whole sample"
+        windows.add((start, *found[0]))
+        assert torch.equal(cropped[ref]["rgb"], cut["rgb"])  # the same number cuts the same window
+    assert len(windows) > 3  # and the windows move
+    with pytest.raises(ValueError, match="must fit inside"):
+        load_config(small_config, ["data.train_crop={size: [32, 8]}"])
+    with pytest.raises(ValueError, match="train_crop.frames=9 must be <= 4"):
+        load_config(small_config, ["data.train_crop={frames: 9}"])
+    run = train(config_for(small_config, tmp_path / "trained", "data.train_crop={frames: 2, size: [8, 8]}",
+                           "stages.0.steps=2", "stages.1.steps=1", "train.checkpoint_every=100"))
+    spec = load_checkpoint_spec(run / "export")
+    assert (spec.frames, tuple(spec.size)) == (4, (16, 16))  # the model is for whole clips
+    assert any(r["kind"] == "eval" for r in read_metrics(run))  # validated on whole clips
+
+
+def test_checkpointing_and_compilation_are_applied_from_the_config(small_config, tmp_path, monkeypatch):
+    applied = []
+    monkeypatch.setattr(UnityVideoTransformer, "compile_blocks", lambda self, **kw: applied.append("compile"))
+    original = UnityVideoTransformer.enable_gradient_checkpointing
+    monkeypatch.setattr(UnityVideoTransformer, "enable_gradient_checkpointing",
+                        lambda self, *a, **kw: (applied.append("checkpointing"), original(self, *a, **kw)))
+    overrides = ["stages.0.steps=1", "stages.1.steps=1", "train.eval_every=0", "train.checkpoint_every=100"]
+    train(config_for(small_config, tmp_path / "plain", *overrides))
+    assert applied == []
+    train(config_for(small_config, tmp_path / "both", *overrides, "train.compile=true",
+                     "train.activation_checkpointing=true"))
+    assert applied == ["checkpointing", "compile"]

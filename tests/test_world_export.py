@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -15,8 +16,9 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from unityvideo.cli import main
-from unityvideo.data import load_raw, read_manifest, read_video
-from unityvideo.modalities import get_modality
+from unityvideo.data import ManifestError, load_raw, read_manifest, read_video
+from unityvideo.data.manifest import encodings_path
+from unityvideo.modalities import DENSEPOSE_UV_SPAN, ENCODING_VERSIONS, get_modality
 from unityvideo.world.export import ExportSpec, export_world
 
 
@@ -66,7 +68,23 @@ def test_segmentation_and_densepose_round_trip_exactly(world):
         assert np.array_equal(_decoded(r, "segmentation"), raw["segmentation"])
         iuv = _decoded(r, "densepose")
         assert np.array_equal(iuv[..., 0], raw["densepose"][..., 0])
-        assert np.abs(iuv[..., 1:] - raw["densepose"][..., 1:]).max() < 2 / 255
+        body = raw["densepose"][..., 0] > 0
+        assert np.abs(iuv[..., 1:] - raw["densepose"][..., 1:])[body].max() <= 0.5 / DENSEPOSE_UV_SPAN + 1e-6
+
+
+def test_a_folder_of_another_picture_format_is_refused(tmp_path):
+    """Clips rendered with an earlier DensePose format are never mixed with, or read as, the current one."""
+    spec = ExportSpec(out=tmp_path / "w", clips=1, frames=2, size=(16, 16), seed=0, split="train", workers=1)
+    manifest = export_world(spec).manifest
+    assert json.loads(encodings_path(manifest).read_text()) == ENCODING_VERSIONS
+    encodings_path(manifest).write_text(json.dumps({**ENCODING_VERSIONS, "densepose": 1}))
+    with pytest.raises(ManifestError, match="densepose format 1"):
+        read_manifest(manifest)
+    with pytest.raises(ValueError, match="new folder"):
+        export_world(dataclasses.replace(spec, clips=2))
+    encodings_path(manifest).unlink()  # a folder from before formats were recorded counts as format 1
+    with pytest.raises(ValueError, match="densepose format 1"):
+        export_world(dataclasses.replace(spec, clips=2))
 
 
 def _matched_errors(gt: np.ndarray, est: np.ndarray) -> list[float]:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -61,7 +62,7 @@ from .models.checkpoint import ESTIMATE_MODES, TRANSFORMER_DIR, CheckpointSpec, 
 from .models.codec import LatentCodec, LatentGeometry, LatentNorm, codec_geometry, load_codec
 from .models.text import TextEncoder, load_text_encoder
 from .models.transformer import RGB, ConditionCache, Stream, UnityVideoTransformer
-from .modalities import canonical_name, default_max_flow, get_modality
+from .modalities import canonical_name, check_encodings, get_modality, picture_hints
 
 __all__ = [
     "TASKS", "SCHEDULERS", "DEFAULT_GUIDANCE", "UnityVideoPipeline", "UnityVideoPipelineOutput",
@@ -414,6 +415,10 @@ class UnityVideoPipeline:
         plan = plan_streams(task, modalities, list(conditions),
                             self.spec.tasks if self.spec else None,
                             self.spec.modalities if self.spec else self.transformer.stream_names[1:])
+        if self.spec is not None:
+            check_encodings(self.spec.encodings, [n for n in plan.target_names + plan.condition_names if n != RGB],
+                            "this checkpoint", "fine-tune it on data made by this version "
+                            "(`unityvideo train ... model.init=<checkpoint>`)")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}; choose one of {OUTPUT_TYPES}")
         if num_videos_per_prompt < 1:
@@ -460,11 +465,11 @@ class UnityVideoPipeline:
 
         with self._running(self.transformer):
             caches = self._condition_caches(plan, clean, contexts, passes, batch, batch_cfg) if cache_condition else {}
-            guidance = (passes, g_text, g_mod, batch_cfg, caches)
+            request = _Request(plan, clean, contexts, _Guidance(passes, g_text, g_mod, batch_cfg, caches))
             shape = (batch, len(plan.target_names), *latent_shape)
-            members = [self._estimate_once(plan, shape, clean, contexts, guidance, generator, callback_on_step_end)] \
-                if one_step else [self._denoise(plan, shape, clean, contexts, guidance, num_inference_steps, shift,
-                                                generator, callback_on_step_end) for _ in range(ensemble_size)]
+            members = [self._estimate_once(request, shape, generator, callback_on_step_end)] if one_step else \
+                [self._denoise(request, shape, num_inference_steps, shift, generator, callback_on_step_end)
+                 for _ in range(ensemble_size)]
         latents = [{**{name: x[:, k] for k, name in enumerate(plan.target_names)}, **clean} for x in members]
         latents = [{name: member[name] for name in plan.streams} for member in latents]
         if output_type == "latent":
@@ -568,13 +573,14 @@ class UnityVideoPipeline:
         groups = _forward_groups(passes, set(caches), batch_cfg)
         return {tuple(g): _stack_caches([caches[k] for k in g]) for g in groups if g[0] in caches}
 
-    def _pass_streams(self, plan: StreamPlan, x: torch.Tensor, sigma: float, clean: dict, dropped: dict,
-                      contexts: dict, kind: str, cached: bool = False) -> list[Stream]:
+    def _pass_streams(self, request: _Request, x: torch.Tensor, sigma: float, kind: str,
+                      cached: bool = False) -> list[Stream]:
         """The streams of one guidance pass: targets at t = sigma, conditions clean at t = 0, or (the
         modality-unconditional pass) replaced by noise at t = 1. cached: targets only (the conditions
         are in a ConditionCache)."""
         streams, k = [], 0
         batch = x.shape[0]
+        plan, clean, dropped, contexts = request.plan, request.clean, request.dropped, request.contexts
         for name, is_target in zip(plan.streams, plan.targets):
             if is_target:
                 latent, t = x[:, k], sigma
@@ -597,43 +603,35 @@ class UnityVideoPipeline:
         out = self.transformer(streams)
         return torch.stack([v for v, t in zip(out, plan.targets) if t], dim=1).float()
 
-    def _guided_velocity(self, plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod, batch_cfg,
-                         caches=None):
-        caches = caches or {}
-        cached_kinds = {k for group in caches for k in group}
+    def _guided_velocity(self, request: _Request, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        guidance = request.guidance
+        cached_kinds = {k for group in guidance.caches for k in group}
         v = {}
-        for kinds in _forward_groups(passes, cached_kinds, batch_cfg):
-            cache = caches.get(tuple(kinds))
-            per_pass = [self._pass_streams(plan, x, sigma, clean, dropped, contexts, kind, cache is not None)
-                        for kind in kinds]
+        for kinds in _forward_groups(guidance.passes, cached_kinds, guidance.batch_cfg):
+            cache = guidance.caches.get(tuple(kinds))
+            per_pass = [self._pass_streams(request, x, sigma, kind, cache is not None) for kind in kinds]
             if len(per_pass) == 1:
                 streams = per_pass[0]
             else:  # one forward: the passes stacked along the batch
                 streams = [_cat_streams([p[s] for p in per_pass]) for s in range(len(per_pass[0]))]
-            v.update(zip(kinds, self._predict(streams, plan, cache).chunk(len(kinds), dim=0)))
-        guided = v["cond"]
-        if "text" in v:
-            guided = guided + (g_text - 1.0) * (v["cond"] - v["text"])
-        if "modality" in v:
-            guided = guided + (g_mod - 1.0) * (v["cond"] - v["modality"])
-        return guided
+            v.update(zip(kinds, self._predict(streams, request.plan, cache).chunk(len(kinds), dim=0)))
+        return guidance.combine(v)
 
-    def _denoise(self, plan: StreamPlan, noise_shape: tuple[int, ...], clean: dict, contexts: dict, guidance: tuple,
-                 steps: int, shift: float | None, generator: Generator, callback=None) -> torch.Tensor:
+    def _denoise(self, request: _Request, noise_shape: tuple[int, ...], steps: int, shift: float | None,
+                 generator: Generator, callback=None) -> torch.Tensor:
         """One sample of the targets (B, T, C, F, H, W), integrated from noise at t = 1 to t = 0."""
-        passes, g_text, g_mod, batch_cfg, caches = guidance
         # Noise for the targets first, then for the dropped conditions: the targets' noise depends only
         # on the seed, not on whether modality guidance is on.
         x = randn_tensor(noise_shape, generator=generator, device=self.device, dtype=torch.float32)
-        dropped = self._dropped_conditions(plan, passes, noise_shape, generator)
+        request = dataclasses.replace(request, dropped=self._dropped_conditions(request, noise_shape, generator))
+        plan = request.plan
         scheduler = _fresh_scheduler(self.scheduler, self.spec.shift if shift is None and self.spec else shift)
         scheduler.set_timesteps(steps, device=self.device)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         for i, timestep in enumerate(tqdm(scheduler.timesteps, desc=f"{plan.task} denoising", **self._progress_config)):
             sigma = float(scheduler.sigmas[i])
-            velocity = self._guided_velocity(plan, x, sigma, clean, dropped, contexts, passes, g_text, g_mod,
-                                             batch_cfg, caches)
+            velocity = self._guided_velocity(request, x, sigma)
             x = scheduler.step(velocity, timestep, x, return_dict=False)[0].float()
             x = self._step_end(callback, i, timestep, x)
         return x
@@ -644,22 +642,21 @@ class UnityVideoPipeline:
         returned = callback(self, step, timestep, {"latents": x}) or {}
         return returned.get("latents", x)
 
-    def _estimate_once(self, plan: StreamPlan, shape: tuple[int, ...], clean: dict, contexts: dict,
-                       guidance: tuple, generator: Generator, callback=None) -> torch.Tensor:
+    def _estimate_once(self, request: _Request, shape: tuple[int, ...], generator: Generator,
+                       callback=None) -> torch.Tensor:
         """One-step deterministic estimation (B, T, C, F, H, W): the targets start from zeros at t = 1
         exactly and one Euler step to t = 0 gives x_0 = x_1 - 1 * v = -v, as trained (flow.py)."""
-        passes, g_text, g_mod, batch_cfg, caches = guidance
         x = torch.zeros(shape, device=self.device, dtype=torch.float32)
-        dropped = self._dropped_conditions(plan, passes, shape, generator)
-        velocity = self._guided_velocity(plan, x, 1.0, clean, dropped, contexts, passes, g_text, g_mod,
-                                         batch_cfg, caches)
+        request = dataclasses.replace(request, dropped=self._dropped_conditions(request, shape, generator))
+        velocity = self._guided_velocity(request, x, 1.0)
         start = torch.tensor(float(self.scheduler.config.num_train_timesteps))  # t = 1, as _denoise reports a step
         return self._step_end(callback, 0, start, x - velocity)
 
-    def _dropped_conditions(self, plan: StreamPlan, passes: list[str], noise_shape: tuple[int, ...],
+    def _dropped_conditions(self, request: _Request, noise_shape: tuple[int, ...],
                             generator: Generator) -> dict[str, torch.Tensor]:
         """The noise that replaces each condition stream in the modality-unconditional pass (if any)."""
-        if "modality" not in passes:
+        plan = request.plan
+        if "modality" not in request.guidance.passes:
             return {}
         z = randn_tensor((noise_shape[0], len(plan.condition_names), *noise_shape[2:]), generator=generator,
                          device=self.device, dtype=torch.float32)
@@ -680,12 +677,47 @@ class UnityVideoPipeline:
         for name in plan.target_names:
             if name == RGB:
                 continue
-            hints[name] = {**_default_hints(name, height, width), **dict(decode_hints.get(name, {}))}
+            hints[name] = {**picture_hints((height, width)), **dict(decode_hints.get(name, {}))}
             raw[name] = [get_modality(name).decode(f, **hints[name]) for f in frames[name]]
         return UnityVideoPipelineOutput(frames=frames, raw=raw, latents=latents, hints=hints)
 
 
 # ----- small helpers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Guidance:
+    """How a request is guided: its passes ("cond", then "text" and "modality" when their scales are not
+    1), the two scales, whether the passes share one batched forward, and the condition caches per
+    forward group (`_condition_caches`; empty without cache_condition)."""
+
+    passes: list[str]
+    text_scale: float
+    modality_scale: float
+    batch_cfg: bool
+    caches: dict[tuple[str, ...], ConditionCache] = field(default_factory=dict)
+
+    def combine(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Classifier-free guidance over the passes' velocities."""
+        guided = v["cond"]
+        if "text" in v:
+            guided = guided + (self.text_scale - 1.0) * (v["cond"] - v["text"])
+        if "modality" in v:
+            guided = guided + (self.modality_scale - 1.0) * (v["cond"] - v["modality"])
+        return guided
+
+
+@dataclass
+class _Request:
+    """What every denoising step of one call reads: the stream plan, the clean condition latents, the
+    text contexts per stream and pass, the guidance, and (per ensemble member) the noise that replaces
+    the conditions in the modality-unconditional pass."""
+
+    plan: StreamPlan
+    clean: dict[str, torch.Tensor]
+    contexts: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor | None]]]
+    guidance: _Guidance
+    dropped: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _check_ensemble(size: int, task: str, output_type: str) -> None:
@@ -696,13 +728,6 @@ def _check_ensemble(size: int, task: str, output_type: str) -> None:
                          "combination of samples is not a sample (use ensemble_size=1)")
     if size > 1 and output_type == "latent":
         raise ValueError(f"ensemble_size={size} combines decoded videos; use output_type 'np', 'pt' or 'pil'")
-
-
-def _default_hints(name: str, height: int, width: int) -> dict[str, Any]:
-    """Decode hints a generated modality has no clip to take them from: relative depth (near = 1),
-    the encoding's default flow range, the frame size for skeletons."""
-    return {"depth": {"near": 1.0}, "flow": {"max_flow": default_max_flow(height, width)},
-            "skeleton": {"size": (height, width)}}.get(name, {})
 
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")

@@ -30,10 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.files import read_utf8
-from ..data.manifest import ClipRecord, write_manifest
+from ..data.manifest import ClipRecord, write_encodings, write_manifest
 from ..data.raw import save_raw
 from ..data.video import VideoReadError, probe_video, write_video
-from ..modalities import MODALITY_NAMES, canonical_name, default_max_flow, depth_near, get_modality
+from ..modalities import MODALITY_NAMES, canonical_name, default_max_flow, depth_near, get_modality, picture_hints
 from .teachers import BUILTIN_TEACHERS, Teacher, build_teacher
 
 __all__ = ["AnnotateSpec", "AnnotateResult", "annotate_videos", "find_videos", "load_captions", "plan_windows",
@@ -242,8 +242,8 @@ def _write_clip(out: Path, cid: str, raws: dict[str, np.ndarray], meta: dict, ro
     write_video(tmp / "rgb.mp4", raws["rgb"], fps=fps, lossless=False)
     for name in MODALITY_NAMES:
         if name in raws:
-            video = get_modality(name).encode(raws[name], near=hints["depth_near"], max_flow=hints["flow_max"],
-                                              size=(height, width))
+            video = get_modality(name).encode(raws[name], **picture_hints((height, width), hints["depth_near"],
+                                                                          hints["flow_max"]))
             write_video(tmp / f"{name}.mkv", video, fps=fps, lossless=True)
             paths[name] = f"clips/{cid}/{name}.mkv"
     if "flow" in raws:
@@ -270,7 +270,9 @@ def _record(row: dict) -> ClipRecord:
 def rebuild_manifest(out: Path) -> Path:
     """DIR/manifest.csv from the row.json of every finished clip (sorted by clip id)."""
     rows = [json.loads(p.read_text()) for p in sorted((Path(out) / "clips").glob(f"*/{ROW_NAME}"))]
-    return write_manifest(Path(out) / MANIFEST_NAME, [_record(r) for r in rows])
+    manifest = write_manifest(Path(out) / MANIFEST_NAME, [_record(r) for r in rows])
+    write_encodings(manifest)
+    return manifest
 
 
 def _clip_prefixes(videos: list[Path]) -> dict[Path, str]:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from ..modalities import MODALITY_NAMES, canonical_name, default_max_flow, get_modality
+from ..modalities import MODALITY_NAMES, canonical_name, default_max_flow, get_modality, picture_hints
 from .manifest import ClipRecord, read_manifest
 from .raw import RawReadError, load_raw
 from .transforms import CropPlan, apply_crop, crop_raw, plan_crop, sample_frame_indices
@@ -64,7 +64,7 @@ class UnityVideoDataset(Dataset):
 
     Each item: `index` (the clip actually returned), `clip_id`, `caption`, `rgb` float32 (3, F, H, W)
     in [-1, 1], `modalities` {name: (3, F, H, W) float32 in [-1, 1]} (the encoded modality videos),
-    `frame_indices` (F,) int64, `hints` {"near", "max_flow"}: pass them to `Modality.decode` for the
+    `frame_indices` (F,) int64, `hints` (`picture_hints`: size, near, max_flow): pass them to `Modality.decode` for the
     returned videos (max_flow is scaled with the resize, since resizing scales flow vectors), and with `with_raw`
     `raw`: the raw ground-truth dict for the same frames and crop, or None when the clip has no raw
     file or a resize was needed (resampling ground truth would invent it).
@@ -242,7 +242,7 @@ class UnityVideoDataset(Dataset):
             "rgb": streams.pop("rgb"),
             "modalities": streams,
             "frame_indices": torch.from_numpy(indices),
-            "hints": {"near": float(record.depth_near or 1.0), "max_flow": float(flow_max * plan.scale)},
+            "hints": picture_hints(plan.target, record.depth_near, flow_max * plan.scale),
         }
         if self.with_raw:
             sample["raw"] = self._load_raw(record, indices, total, plan)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..modalities import MODALITY_NAMES, get_modality
+from ..modalities import ENCODING_VERSIONS, MODALITY_NAMES, check_encodings, get_modality
 from .files import read_utf8
 
 __all__ = ["ClipRecord", "ManifestError", "read_manifest", "write_manifest", "AUTHORS_COLUMNS"]
@@ -214,16 +214,46 @@ def _read_jsonl(path: Path) -> list[ClipRecord]:
 
 
 def read_manifest(path: str | Path) -> list[ClipRecord]:
-    """Read a .csv or .jsonl manifest into ClipRecords (paths resolved against its folder)."""
+    """Read a .csv or .jsonl manifest into ClipRecords (paths resolved against its folder). A manifest
+    whose producer recorded its picture formats (`write_encodings`) must match this version's."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; pass the path of a .csv or .jsonl manifest")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _read_csv(path)
-    if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
-    raise ManifestError(f"{path}: unknown manifest format {suffix!r}; use .csv or .jsonl")
+        records = _read_csv(path)
+    elif suffix in (".jsonl", ".ndjson"):
+        records = _read_jsonl(path)
+    else:
+        raise ManifestError(f"{path}: unknown manifest format {suffix!r}; use .csv or .jsonl")
+    _check_encodings(path, records)
+    return records
+
+
+def encodings_path(manifest: str | Path) -> Path:
+    """The sidecar of a manifest naming the picture format of each modality video (DIR/NAME.encodings.json)."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}.encodings.json")
+
+
+def write_encodings(manifest: str | Path) -> Path:
+    """Record that this manifest's modality videos were encoded by this version (world, annotate)."""
+    path = encodings_path(manifest)
+    path.write_text(json.dumps(ENCODING_VERSIONS, indent=1) + "\n")
+    return path
+
+
+def _check_encodings(manifest: Path, records: list[ClipRecord]) -> None:
+    sidecar = encodings_path(manifest)
+    if not sidecar.is_file():
+        return  # made by hand or by another tool: the videos are taken to be in this version's formats
+    present = sorted({m for r in records for m in r.modalities})
+    try:
+        check_encodings(json.loads(read_utf8(sidecar)), present, f"{manifest}",
+                        f"render or annotate it again with this version (e.g. `unityvideo world --out "
+                        f"{manifest.parent}` into a new folder)")
+    except ValueError as err:
+        raise ManifestError(str(err)) from err
 
 
 def _relative(target: Path, root: Path) -> str:

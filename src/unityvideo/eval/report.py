@@ -22,7 +22,7 @@ from PIL import Image, features
 
 from unityvideo.browser import find_chromium, screenshot
 from unityvideo.eval.compare import FRACTION_EFFECT, RELATIVE_EFFECT, is_better
-from unityvideo.eval.runner import EVAL_TASKS, bar_text, interval_text, references_text
+from unityvideo.eval.results import EVAL_TASKS, bar_text, interval_text, number_text, references_text
 
 __all__ = ["write_report", "save_animation", "plot_loss_curve", "screenshot_report", "find_chromium"]
 
@@ -137,10 +137,6 @@ def _videos_html(out_dir: Path, videos: Sequence[Mapping], fps: float) -> dict[s
     return {task: "\n".join(parts) for task, parts in sections.items()}
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 def _table_html(rows: Sequence[Mapping]) -> str:
     head = ("<tr><th>task</th><th>modality</th><th>metric</th><th>model</th><th>baseline</th>"
             "<th>gain, 95% CI</th><th>verdict</th><th>also shown</th></tr>")
@@ -151,7 +147,7 @@ def _table_html(rows: Sequence[Mapping]) -> str:
         metric = html.escape(row["metric"])
         metric = f"<b>{metric}</b>" if row.get("primary") else metric
         body.append(f"<tr><td>{html.escape(row['task'])}</td><td>{html.escape(row['modality'])}</td>"
-                    f"<td>{metric} {arrow}</td><td class=\"num {css}\">{_fmt(row['model'])}</td>"
+                    f"<td>{metric} {arrow}</td><td class=\"num {css}\">{number_text(row['model'])}</td>"
                     f"<td class=\"num\">{html.escape(bar_text(row))}</td>"
                     f"<td class=\"num\">{html.escape(interval_text(row))}</td>"
                     f"<td class=\"{css}\">{html.escape(row.get('verdict') or '–')}</td>"
@@ -177,7 +173,7 @@ def write_report(out_dir: str | Path, rows: Sequence[Mapping], videos: Sequence[
     curve, the bar charts in `plots`, and the metrics table with better / worse highlighted.
 
     rows: metric rows of `runner.evaluate`; videos: panels {"task", "modality", "clip_id", "caption",
-    "cells": [{"label", "frames" uint8 (F, H, W, 3)}]} (`runner.load_videos`)."""
+    "cells": [{"label", "frames" uint8 (F, H, W, 3)}]} (`results.load_videos`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = _videos_html(out_dir, videos, fps)
@@ -218,7 +214,7 @@ def report_from_results(out_dir: str | Path, name: str = "results", loss_curve: 
                         title: str = "UnityVideo evaluation") -> Path:
     """report.html from the files `runner.evaluate(..., out_dir, name=name)` wrote: its rows, kept videos
     and bar charts; `loss_curve` is a PNG or a training run's metrics.jsonl (plotted)."""
-    from .runner import load_videos
+    from .results import load_videos
 
     out_dir = Path(out_dir)
     report_dir = Path(report_dir or out_dir)

@@ -34,7 +34,6 @@ primary metrics), NAME.videos.json/.npz (the first clips' videos as pictures, fo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -52,15 +51,15 @@ from unityvideo.eval.baselines import Prior, estimate_baselines, prior_stats
 from unityvideo.eval.compare import DIS_PREFIX, Comparison, compare_rows, is_better
 from unityvideo.eval.metrics import PRIMARY_METRIC, Pooled, control_agreement, modality_scores
 from unityvideo.eval.quality import dis_flow, frame_ssim, motion_smoothness, warping_error
-from unityvideo.modalities import MODALITY_NAMES, canonical_name, default_max_flow, depth_near, get_modality
+from unityvideo.eval.results import EVAL_TASKS, load_videos, write_results
+from unityvideo.modalities import MODALITY_NAMES, canonical_name, default_max_flow, depth_near, get_modality, \
+    picture_hints
 
-__all__ = ["evaluate", "EVAL_TASKS", "QUALITY_METRICS", "EvalClip",
-           "load_eval_clips", "resolve_manifest", "aggregate", "write_results", "save_videos", "load_videos",
-           "markdown_table", "bar_text", "interval_text", "references_text", "plot_task", "is_better", "modality_counts", "describe_counts"]
+__all__ = ["evaluate", "EVAL_TASKS", "QUALITY_METRICS", "EvalClip", "load_eval_clips", "resolve_manifest", "aggregate",
+           "write_results", "load_videos", "is_better", "modality_counts", "describe_counts"]
 
 log = logging.getLogger(__name__)
 
-EVAL_TASKS = ("estimate", "control", "joint", "t2v")
 QUALITY_METRICS = ("frame_ssim", "motion_smoothness", "warping_error")
 UNRELATED = "unrelated clip's signal"   # the bar of control and joint
 REAL_CLIPS = "GT video"                 # the reference of the quality proxies
@@ -81,7 +80,7 @@ class EvalClip:
     rgb: np.ndarray                      # uint8 (F, H, W, 3)
     raw: dict[str, np.ndarray]           # modality -> raw ground truth (WorldClip layout)
     flow_valid: np.ndarray | None        # (F, H, W) bool, when the raw has it
-    hints: dict[str, dict[str, Any]]     # modality -> hints for encode / decode / visualize
+    hints: dict[str, Any]                # modalities.picture_hints: for encode / decode / visualize
 
     def metric_options(self, modality: str) -> dict[str, Any]:
         return {"valid": self.flow_valid} if modality == "flow" and self.flow_valid is not None else {}
@@ -128,7 +127,7 @@ def _clip_hints(record: ClipRecord, raw: dict, depth: np.ndarray | None, size: t
     meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
     near = record.depth_near or meta.get("depth_near") or (depth_near(depth) if depth is not None else 1.0)
     max_flow = record.flow_max or meta.get("flow_max") or default_max_flow(*size)
-    return {"depth": {"near": float(near)}, "flow": {"max_flow": float(max_flow)}, "skeleton": {"size": tuple(size)}}
+    return picture_hints(size, near, max_flow)
 
 
 def load_eval_clip(record: ClipRecord, index: int, frames: int, size: tuple[int, int] | None,
@@ -325,9 +324,7 @@ class _Scored:
 
 
 def _decode_hints(clip: EvalClip, modality: str | None) -> dict[str, Any]:
-    if modality == "depth":
-        return {"near": 1.0}  # relative depth: the metrics fit scale and shift
-    return dict(clip.hints.get(modality, {})) if modality else {}
+    return {**clip.hints, "near": 1.0} if modality else {}  # relative depth: the metrics fit scale and shift
 
 
 def _finite(value: Any) -> float | None:
@@ -344,13 +341,12 @@ def video_quality(frames: np.ndarray) -> dict[str, Pooled]:
 
 def visualize(modality: str, raw: np.ndarray, clip: EvalClip) -> np.ndarray:
     """The picture people expect (colourised depth, flow wheel at the clip's flow range, ...)."""
-    hints = {"flow": {"max_flow": clip.hints["flow"]["max_flow"]}, "skeleton": clip.hints["skeleton"]}
-    return get_modality(modality).visualize(raw, **hints.get(modality, {}))
+    return get_modality(modality).visualize(raw, **clip.hints)
 
 
 def encode_condition(modality: str, clip: EvalClip) -> np.ndarray:
     """The clip's ground-truth modality as the video the model is conditioned on."""
-    return get_modality(modality).encode(clip.raw[modality], **clip.hints.get(modality, {}))
+    return get_modality(modality).encode(clip.raw[modality], **clip.hints)
 
 
 # ----- the four task families ------------------------------------------------------------------------
@@ -362,7 +358,7 @@ def encoding_ceiling(modality: str, clip: EvalClip) -> np.ndarray:
     return get_modality(modality).decode(encode_condition(modality, clip), **_decode_hints(clip, modality))
 
 
-def run_estimate(session: _Session, modality: str) -> None:
+def run_estimate(session: _Session, modality: str, reestimate: bool = False) -> None:
     for batch in session.batches(modality):
         predictions = session.estimate(batch, modality, np.stack([c.rgb for c in batch]))
         for clip, pred in zip(batch, predictions):
@@ -442,142 +438,23 @@ def run_joint(session: _Session, modality: str, reestimate: bool) -> None:
             session.keep("joint", modality, clip, cells)
 
 
-def run_t2v(session: _Session) -> None:
+def run_t2v(session: _Session, modality: None = None, reestimate: bool = False) -> None:
     for batch in session.batches(None):
         for clip, rgb in zip(batch, session.run("t2v", batch, None).frames["rgb"]):
             session.record("t2v", "rgb", clip, video_quality(rgb), [session.reference_quality(clip)])
             session.keep("t2v", "rgb", clip, [("generated RGB", rgb), ("GT RGB (same caption)", clip.rgb)])
 
 
-# ----- aggregation and files -------------------------------------------------------------------------
+# Each task's runner: (session, modality (None for t2v), whether control / joint re-estimate the signal).
+TASK_RUNNERS = {"estimate": run_estimate, "control": run_control, "joint": run_joint, "t2v": run_t2v}
+
+
+# ----- aggregation -----------------------------------------------------------------------------------
 
 
 def aggregate(scored: Mapping[tuple[str, str], _Scored]) -> list[dict]:
     """The rows (`compare.compare_rows`) of every (task, modality), in the order they were run."""
     return [row for (task, modality), group in scored.items() for row in group.rows(task, modality)]
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def bar_text(row: Mapping) -> str:
-    if row["baseline"] is None:
-        return "–"
-    return f"{_number(row['baseline'])} ({row['baseline_name']}{', oracle' if row['baseline_oracle'] else ''})"
-
-
-def interval_text(row: Mapping) -> str:
-    return "–" if not row.get("interval") else "[{:+.3g}, {:+.3g}]".format(*row["interval"])
-
-
-def references_text(row: Mapping) -> str:
-    return "; ".join(f"{r['name']}{' (oracle)' if r['oracle'] else ''} {_number(r['value'])}"
-                     for r in row.get("references", ())) or "–"
-
-
-def markdown_table(rows: Sequence[dict]) -> str:
-    """One line per row: the model, the bar it has to beat (name; oracle?), the 95 % bootstrap
-    interval of the improvement (positive = better), the verdict and the references beside it."""
-    lines = ["| task | modality | metric | model | baseline | gain, 95% CI | verdict | also shown |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        arrow = "↑" if row["higher_is_better"] else "↓"
-        metric = f"**{row['metric']}**" if row.get("primary") else row["metric"]
-        lines.append(f"| {row['task']} | {row['modality']} | {metric} {arrow} | {_number(row['model'])} | "
-                     f"{bar_text(row)} | {interval_text(row)} | {row.get('verdict') or '–'} | "
-                     f"{references_text(row)} |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_value(row: Mapping) -> tuple[float | None, str | None]:
-    """What a row's model is shown against: its bar, or else its first reference (t2v: the GT video)."""
-    if row["baseline"] is not None:
-        return row["baseline"], row["baseline_name"]
-    refs = row.get("references") or []
-    return (refs[0]["value"], refs[0]["name"]) if refs else (None, None)
-
-
-def plot_rows(task: str, rows: Sequence[dict]) -> list[dict]:
-    """The rows a task's bar chart shows: each modality's primary metric (t2v: the quality proxies)."""
-    if task == "t2v":
-        return [r for r in rows if r["task"] == task]
-    return [r for r in rows if r["task"] == task and r["modality"] in PRIMARY_METRIC
-            and r["metric"] == PRIMARY_METRIC[r["modality"]][0]]
-
-
-def plot_task(task: str, rows: Sequence[dict], path: Path) -> Path | None:
-    """Bar charts, one panel per (modality, metric) with its own scale: model vs baseline. None when the
-    task has no rows to show."""
-    shown = plot_rows(task, rows)
-    if not shown:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    baseline_label = comparison_value(shown[0])[1] or "baseline"
-    fig, axes = plt.subplots(1, len(shown), figsize=(0.4 + 1.45 * len(shown), 2.6), dpi=110, squeeze=False)
-    for ax, row in zip(axes[0], shown):
-        values = [row["model"], comparison_value(row)[0]]
-        bars = ax.bar([0, 1], [v if v is not None else 0.0 for v in values], 0.7, color=["#3b6fb6", "#b0b0b0"])
-        for bar, value in zip(bars, values):
-            ax.annotate(_number(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom", fontsize=7)
-        ax.set_xticks([0, 1], ["model", "base"], fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.set_title(f"{row['modality']}\n{row['metric']} {'↑' if row['higher_is_better'] else '↓'}", fontsize=8)
-        ax.margins(y=0.15)
-        ax.spines[["top", "right"]].set_visible(False)
-    fig.suptitle(f"{task}: model (blue) vs {baseline_label} (grey)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def save_videos(path: Path, videos: Sequence[dict]) -> Path:
-    """The kept videos as PATH (.json index: task, modality, clip, caption, cell labels) + PATH.npz (frames)."""
-    arrays, index = {}, []
-    for i, panel in enumerate(videos):
-        cells = []
-        for j, cell in enumerate(panel["cells"]):
-            key = f"v{i:03d}_c{j}"
-            arrays[key] = np.asarray(cell["frames"], np.uint8)
-            cells.append({"label": cell["label"], "key": key})
-        index.append({**{k: panel[k] for k in ("task", "modality", "clip_id", "caption")}, "cells": cells})
-    path.write_text(json.dumps(index, indent=1))
-    np.savez_compressed(path.with_suffix(".npz"), **arrays)
-    return path
-
-
-def load_videos(path: str | Path) -> list[dict]:
-    """What `save_videos` wrote, cells with their frames (uint8 (F, H, W, 3))."""
-    path = Path(path)
-    index = json.loads(path.read_text())
-    with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
-        for panel in index:
-            for cell in panel["cells"]:
-                cell["frames"] = arrays[cell.pop("key")]
-    return index
-
-
-def write_results(out_dir: Path, rows: Sequence[dict], per_clip: Sequence[dict], settings: dict,
-                  videos: Sequence[dict], name: str = "results") -> dict[str, Path]:
-    """NAME.json, NAME.md, NAME.per_clip.json, NAME.<task>.png, NAME.videos.json/.npz in out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"rows": out_dir / f"{name}.json", "table": out_dir / f"{name}.md",
-             "per_clip": out_dir / f"{name}.per_clip.json", "videos": out_dir / f"{name}.videos.json"}
-    paths["rows"].write_text(json.dumps(list(rows), indent=1) + "\n")
-    paths["table"].write_text(markdown_table(rows))
-    paths["per_clip"].write_text(json.dumps({"settings": settings, "per_clip": list(per_clip)}, indent=1) + "\n")
-    save_videos(paths["videos"], videos)
-    for task in EVAL_TASKS:
-        plot = plot_task(task, rows, out_dir / f"{name}.{task}.png")
-        if plot is not None:
-            paths[f"plot_{task}"] = plot
-    return paths
 
 
 # ----- the entry point -------------------------------------------------------------------------------
@@ -700,14 +577,7 @@ def evaluate(checkpoint_or_pipeline, data_manifest: str | Path, out_dir: str | P
         for task in tasks:
             for modality in ([None] if task == "t2v" else modalities):
                 progress.set_description(f"eval {task}" + (f" {modality}" if modality else ""))
-                if task == "estimate":
-                    run_estimate(session, modality)
-                elif task == "control":
-                    run_control(session, modality, reestimate)
-                elif task == "joint":
-                    run_joint(session, modality, reestimate)
-                else:
-                    run_t2v(session)
+                TASK_RUNNERS[task](session, modality, reestimate)
     rows = aggregate(session.scored)
     info = {"checkpoint": str(folder) if folder else None, "step": getattr(spec, "step", None),
             "data": str(manifest), "clips": [c.clip_id for c in eval_clips], "skipped": skipped,

@@ -11,8 +11,8 @@ from .transformer import (
     RGB,
     Stream,
     UnityVideoTransformer,
-    forward_flops,
 )
+from .flops import forward_flops
 
 __all__ = [
     "CODEC_GEOMETRY", "ConditionCache", "DEFAULT_MODALITIES", "LATENT_NORMS", "LatentCodec", "LatentGeometry",

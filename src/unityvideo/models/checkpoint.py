@@ -22,6 +22,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..modalities import ENCODING_VERSIONS
+
 SPEC_NAME = "unityvideo.json"
 TRANSFORMER_DIR = "transformer"
 FORMAT = 1
@@ -58,6 +60,9 @@ class CheckpointSpec:
     estimate_mode: str = "generative"                # generative | one_step (ESTIMATE_MODES)
     estimate_caption: bool = False                   # estimate was trained with the RGB caption (else with none)
     text_convention: str = "masked"                  # masked | zero_padded (Wan's): models.text.TEXT_CONVENTIONS
+    # modality -> the picture format version it was trained on (Modality.version); a file written before
+    # formats were recorded reads as version 1 of every modality
+    encodings: dict[str, int] = field(default_factory=lambda: dict(ENCODING_VERSIONS))
     # A LoRA export: DIR/transformer/ holds only config.json, the weights are the `base` model (a Wan
     # backbone folder or a UnityVideo checkpoint) plus the peft adapter in DIR/<adapter> (models/lora.py).
     base: str | None = None
@@ -94,7 +99,7 @@ def load_checkpoint_spec(folder: str | Path) -> CheckpointSpec:
     if raw.get("format", FORMAT) > FORMAT:
         raise ValueError(f"{path}: format {raw['format']} is newer than this version of unityvideo "
                          f"understands ({FORMAT}); upgrade unityvideo")
-    spec = CheckpointSpec(**raw)
+    spec = CheckpointSpec(**{"encodings": {}, **raw})
     spec.size = tuple(spec.size)
     if spec.text_convention not in TEXT_CONVENTIONS:
         raise ValueError(f"{path}: text_convention={spec.text_convention!r}; choose one of {TEXT_CONVENTIONS}")

@@ -31,7 +31,8 @@ import torch
 from safetensors.torch import load_file
 
 from .checkpoint import CheckpointSpec, place_asset
-from .transformer import UnityVideoTransformer, _copy_weights, _empty_model
+from .transformer import UnityVideoTransformer, _empty_model
+from .weights import copy_weights
 
 # The authors' modality names -> ours, and the prompt each of their modality streams was trained with.
 AUTHORS_MODALITIES = {"depth": "depth", "raft": "flow", "segmentation": "segmentation", "skeleton": "skeleton",
@@ -120,7 +121,7 @@ def authors_transformer(state: dict[str, torch.Tensor], num_attention_heads: int
         modalities=tuple(AUTHORS_MODALITIES.values()), adaln_table=False, experts="per_modality",
         shared_timestep=True, stream_positions="side_by_side", **config), None)
     with torch.no_grad():
-        _copy_weights(model.backbone, wan, "base.*")
+        copy_weights(model.backbone, wan, "base.*")
         conv_w, conv_b = state["flow_patch_embedding.weight"].double(), state["flow_patch_embedding.bias"].double()
         lin_w, lin_b = state["flow_in.weight"].double(), state["flow_in.bias"].double()
         weight = torch.einsum("od,dcxyz->ocxyz", lin_w, conv_w)  # flow_in after the patch Conv3d, as one Conv3d

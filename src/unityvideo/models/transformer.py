@@ -25,27 +25,22 @@ never depend on the noisy ones, so at inference its per-layer keys and values ca
 from __future__ import annotations
 
 import copy
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.normalization import FP32LayerNorm
-from diffusers.models.transformers.transformer_wan import (
-    WanAttnProcessor,
-    WanRotaryPosEmbed,
-    WanTransformerBlock,
-    _get_qkv_projections,
-)
-from safetensors import safe_open
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
 
 from ..modalities import MODALITY_NAMES
+from .attention import (AttentionRoute, CachedAttention, ConditionCache, MaskedAttention, RecordingAttention,
+                        SplitAttention, StreamAttnProcessor)
+from .weights import copy_weights, keep_fp32, load_weights, model_folder, read_config
 
 RGB = "rgb"
 DEFAULT_MODALITIES = MODALITY_NAMES
@@ -121,7 +116,7 @@ def stream_block(
     context_mask: torch.Tensor | None,
     modulation: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
-    route: "AttentionRoute | None" = None,
+    route: AttentionRoute | None = None,
 ) -> torch.Tensor:
     """One Wan block over S streams of N tokens each, x: (B, S * N, D).
 
@@ -150,173 +145,6 @@ def stream_block(
     h = (per_stream(block.norm3(x.float())) * (1 + c_scale_msa) + c_shift_msa).flatten(1, 2).type_as(x)
     ff = block.ffn(h)
     return (per_stream(x.float()) + per_stream(ff.float()) * c_gate_msa).flatten(1, 2).type_as(x)
-
-
-# ----- condition isolation and the condition cache ------------------------------------------------
-
-
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's interleaved rotary embedding, the same arithmetic as `WanAttnProcessor` (where it is a
-    closure, so it cannot be imported)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
-
-
-def rotated_qkv(attn, hidden_states: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-    """Wan's self-attention inputs: projections (fused or not), qk-norm, heads, RoPE: (B, L, H, d) each."""
-    query, key, value = _get_qkv_projections(attn, hidden_states, None)
-    query, key = attn.norm_q(query), attn.norm_k(key)
-    query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-    return _apply_rope(query, *rope), _apply_rope(key, *rope), value
-
-
-class StreamAttnProcessor(WanAttnProcessor):
-    """Wan's attention processor with an optional `route` for self-attention.
-
-    route=None is Wan's processor unchanged. A route gets the rotated (query, key, value) and an
-    `attend(q, k, v, mask=None)` function (diffusers' attention dispatch, so the backend chosen with
-    `set_attention_backend` or `sdpa_kernel` applies) and returns the attention output (B, L, H, d).
-    """
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 rotary_emb=None, route: "AttentionRoute | None" = None):
-        if route is None:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        query, key, value = rotated_qkv(attn, hidden_states, rotary_emb)
-        out = route(query, key, value, self.attend)
-        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
-
-    def attend(self, query, key, value, mask=None):
-        return dispatch_attention_fn(query, key, value, attn_mask=mask, backend=self._attention_backend)
-
-
-class AttentionRoute:
-    """Self-attention of one call: (query, key, value, attend) -> output, all (B, L, H, d)."""
-
-    def __call__(self, query, key, value, attend):
-        raise NotImplementedError
-
-
-class SplitAttention(AttentionRoute):
-    """The same streams are clean in every sample: clean queries over clean keys, the other queries
-    over all keys. Two attention calls and no dense mask, so flash / cuDNN kernels still apply."""
-
-    def __init__(self, clean: Sequence[bool], tokens_per_stream: int, device: torch.device):
-        streams = torch.tensor(clean, device=device)
-        token_clean = streams.repeat_interleave(tokens_per_stream)
-        self.clean_tokens = token_clean.nonzero().squeeze(1)
-        self.noisy_tokens = (~token_clean).nonzero().squeeze(1)
-        self.inverse = torch.cat([self.clean_tokens, self.noisy_tokens]).argsort()  # back to sequence order
-
-    def __call__(self, query, key, value, attend):
-        out_clean = attend(*(t.index_select(1, self.clean_tokens) for t in (query, key, value)))
-        out_noisy = attend(query.index_select(1, self.noisy_tokens), key, value)
-        return torch.cat([out_clean, out_noisy], dim=1).index_select(1, self.inverse)
-
-
-class MaskedAttention(AttentionRoute):
-    """Samples of one call differ in which streams are clean (mixed tasks in a training group): a
-    per-sample boolean mask. Correct for any pattern, but dense (B, 1, L, L) and kernels that take no
-    mask fall back to slower ones."""
-
-    def __init__(self, clean: torch.Tensor, tokens_per_stream: int):
-        self.mask = isolation_mask(clean, tokens_per_stream)
-
-    def __call__(self, query, key, value, attend):
-        return attend(query, key, value, self.mask)
-
-
-def isolation_mask(clean: torch.Tensor, tokens_per_stream: int) -> torch.Tensor:
-    """(B, 1, L, L) bool, True = may attend: a clean query sees only clean keys. clean: (B, S) bool."""
-    tokens = clean.repeat_interleave(tokens_per_stream, dim=1)
-    return ~(tokens[:, :, None] & ~tokens[:, None, :])[:, None]
-
-
-@dataclass
-class RecordingAttention(AttentionRoute):
-    """Plain attention that keeps every layer's keys and values, in call order (builds a cache)."""
-
-    keys: list = field(default_factory=list)
-    values: list = field(default_factory=list)
-
-    def __call__(self, query, key, value, attend):
-        self.keys.append(key)
-        self.values.append(value)
-        return attend(query, key, value)
-
-
-@dataclass
-class CachedAttention(AttentionRoute):
-    """Queries of the computed streams over their own keys and one layer of a condition cache, the keys
-    merged in layout order (the order the uncached forward uses, so results agree to rounding)."""
-
-    key: torch.Tensor  # (B_cache, S_cached * N, H, d)
-    value: torch.Tensor
-    cached: tuple[bool, ...]  # per stream of the layout: True = from the cache
-
-    def __call__(self, query, key, value, attend):
-        return attend(query, self._merge(key, self.key), self._merge(value, self.value))
-
-    def _merge(self, computed: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
-        if computed.shape[0] != cached.shape[0]:  # CFG passes stacked on a cache of one pass
-            cached = cached.repeat(computed.shape[0] // cached.shape[0], 1, 1, 1)
-        parts = {True: list(cached.chunk(sum(self.cached), dim=1)),
-                 False: list(computed.chunk(len(self.cached) - sum(self.cached), dim=1))}
-        return torch.cat([parts[c].pop(0) for c in self.cached], dim=1)
-
-
-@dataclass
-class ConditionCache:
-    """Self-attention keys and values of clean condition streams, one pair per layer.
-
-    Built once by `UnityVideoTransformer.cache_conditions` and passed to every denoising step as
-    `forward(open_streams, condition_cache=cache)`. Valid only under `condition_isolation`: a clean
-    stream never attends to noisy ones, so its tokens (hence its keys and values) do not depend on the
-    noisy streams or their timestep. A forward whose batch is k times the cache's uses cache row
-    i % batch for sample i (CFG passes stacked along the batch share one cache).
-    """
-
-    layout: tuple[str, ...]  # every stream's modality, in model order
-    cached: tuple[bool, ...]  # True where the stream comes from the cache
-    grid: tuple[int, int, int]  # latent patches (F, H, W) per stream
-    keys: list[torch.Tensor]  # per layer, (B, S_cached * N, H, d), RoPE applied
-    values: list[torch.Tensor]
-
-    @property
-    def batch(self) -> int:
-        return self.keys[0].shape[0]
-
-    @property
-    def open_modalities(self) -> tuple[str, ...]:
-        """The streams a forward with this cache must give, in order."""
-        return tuple(m for m, c in zip(self.layout, self.cached) if not c)
-
-    @staticmethod
-    def cat(caches: Sequence["ConditionCache"]) -> "ConditionCache":
-        """Caches of the same layout stacked along the batch (CFG passes whose conditions differ)."""
-        first = caches[0]
-        if any(c.layout != first.layout or c.cached != first.cached or c.grid != first.grid for c in caches):
-            raise ValueError("only caches of one stream layout and grid can be stacked")
-        return ConditionCache(first.layout, first.cached, first.grid,
-                              [torch.cat(k) for k in zip(*(c.keys for c in caches))],
-                              [torch.cat(v) for v in zip(*(c.values for c in caches))])
-
-    def check(self, streams: Sequence[Stream], grid: tuple[int, int, int]) -> None:
-        given = tuple(s.modality for s in streams)
-        if given != self.open_modalities:
-            raise ValueError(f"condition_cache: the streams must be the layout's uncached ones "
-                             f"{list(self.open_modalities)} in order (layout {list(self.layout)}), got {list(given)}")
-        if tuple(grid) != tuple(self.grid):
-            raise ValueError(f"condition_cache: built for a latent grid of {self.grid} patches, the streams "
-                             f"have {grid}; build the cache from latents of the same size")
-        batch = streams[0].latent.shape[0]
-        if batch % self.batch:
-            raise ValueError(f"condition_cache: built for batch {self.batch}, the streams have batch {batch} "
-                             "(must be a multiple: one cache row per sample, repeated for stacked CFG passes)")
 
 
 @torch.no_grad()
@@ -456,11 +284,11 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         if is_original_wan_path(Path(folder)):
             config, state = load_original_wan(folder, unity_config.pop("num_attention_heads", None))
             model = _empty_model(cls, {**config, **unity_config}, torch_dtype)
-            _copy_weights(model.backbone, state, str(folder))
+            copy_weights(model.backbone, state, str(folder))
             model.init_unity_parameters()
             return model
-        folder = _model_folder(folder, subfolder="transformer")
-        wan_config = _read_config(folder)
+        folder = model_folder(folder, subfolder="transformer")
+        wan_config = read_config(folder)
         if wan_config.get("_class_name") not in (None, "WanTransformer3DModel"):
             raise ValueError(f"{folder / 'config.json'}: _class_name is {wan_config['_class_name']!r}, expected "
                              "'WanTransformer3DModel' (for a saved UnityVideo model use from_pretrained)")
@@ -470,7 +298,7 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
                                  "backbone; UnityVideo builds on the text-to-video transformers (T2V, TI2V)")
         config = {k: wan_config[k] for k in BACKBONE_KEYS if k in wan_config}
         model = _empty_model(cls, {**config, **unity_config}, torch_dtype)
-        _load_weights(model.backbone, folder)
+        load_weights(model.backbone, folder)
         model.init_unity_parameters()
         return model
 
@@ -481,15 +309,15 @@ class UnityVideoTransformer(ModelMixin, ConfigMixin):
         if kwargs:
             raise TypeError(f"from_pretrained got unsupported arguments {sorted(kwargs)}; "
                             "it takes a local folder, torch_dtype and subfolder")
-        folder = _model_folder(Path(folder) / subfolder if subfolder else folder)
-        config = _read_config(folder)
+        folder = model_folder(Path(folder) / subfolder if subfolder else folder)
+        config = read_config(folder)
         if config.get("_class_name") != cls.__name__:
             is_wan = config.get("_class_name") == "WanTransformer3DModel"
             hint = " (a Wan backbone: use from_backbone)" if is_wan else ""
             raise ValueError(f"{folder / 'config.json'}: _class_name is {config.get('_class_name')!r}, "
                              f"expected {cls.__name__!r}{hint}")
         model = _empty_model(cls, {k: v for k, v in config.items() if not k.startswith("_")}, torch_dtype)
-        _load_weights(model, folder)
+        load_weights(model, folder)
         return model
 
     def parameter_counts(self) -> dict[str, int]:
@@ -735,26 +563,7 @@ def _expert_keys(modalities: tuple[str, ...], experts: str) -> tuple[str, ...]:
     return {"per_modality": modalities, "shared": ("shared",) if modalities else (), "none": ()}[experts]
 
 
-# ----- loading ------------------------------------------------------------------------------------
-# Our own small loader rather than diffusers' `from_pretrained`: the error messages name the file,
-# what was expected and the fix, and big models are built on the meta device (no random init).
-
-
-def _model_folder(folder: str | Path, subfolder: str | None = None) -> Path:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder; pass a local folder with config.json and "
-                                "*.safetensors (nothing is downloaded)")
-    if subfolder and not (folder / "config.json").exists() and (folder / subfolder / "config.json").exists():
-        return folder / subfolder
-    return folder
-
-
-def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; a model folder needs config.json next to its safetensors")
-    return json.loads(path.read_text())
+# ----- building an empty model (weights come from files, models/weights.py) ---------------------
 
 
 def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTransformer:
@@ -768,7 +577,7 @@ def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTran
         model = cls(**config)
     if dtype not in (None, torch.float32):  # parameters are created in fp32
         model = model.to(dtype)
-        _keep_fp32(model)
+        keep_fp32(model)
     model = model.to_empty(device="cpu")
     cfg = model.config  # RoPE tables are non-persistent buffers: recompute them
     model.backbone.rope = _rope(cfg)
@@ -778,139 +587,3 @@ def _empty_model(cls, config: dict, dtype: torch.dtype | None) -> UnityVideoTran
 def _rope(config) -> WanRotaryPosEmbed:
     return WanRotaryPosEmbed(config.attention_head_dim, tuple(config.patch_size), config.rope_max_seq_len,
                              theta=config.rope_theta)
-
-
-def _keep_fp32(model: nn.Module) -> None:
-    """Keep the small precision-sensitive parts in fp32 under a low-precision dtype, as diffusers does
-    for Wan (`_keep_in_fp32_modules`): timestep embedder, modulation tables, norms."""
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in ("time_embedder", "norm1", "norm2", "norm3"):
-            module.float()
-    for name, param in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in ("scale_shift_table", "modality_table"):
-            param.data = param.data.float()
-
-
-def _weight_files(folder: Path) -> dict[str, Path]:
-    """Map tensor name -> safetensors file, from an index json or a single file."""
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
-    if indexes:
-        index = indexes[0]
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not weight_map:
-            raise ValueError(f"{index}: no 'weight_map'; re-export the folder with save_pretrained")
-        files = {name: folder / shard for name, shard in weight_map.items()}
-        for shard in sorted(set(files.values())):
-            if not shard.exists():
-                raise FileNotFoundError(f"{shard}: missing shard listed in {index.name}; copy the complete "
-                                        "folder (every shard named in the index)")
-        return files
-    singles = sorted(folder.glob("*.safetensors"))
-    if len(singles) != 1:
-        found = [p.name for p in singles] or "none"
-        raise FileNotFoundError(f"{folder}: expected one *.safetensors file or a *.safetensors.index.json, "
-                                f"found {found}")
-    with _open_weights(singles[0]) as f:
-        return {name: singles[0] for name in f.keys()}
-
-
-def _open_weights(path: Path):
-    """safe_open, with an error that names the file when it is truncated or not safetensors at all."""
-    try:
-        return safe_open(path, framework="pt")
-    except Exception as err:  # safetensors raises its own SafetensorError, not an OSError
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a complete safetensors file ({err}); copy or export it again") from None
-
-
-def _check_names(expected: Mapping, names, where: str, fix: str) -> list[str]:
-    """The tensor names to copy into a module whose state dict is `expected`, or a clear error when
-    some are missing or unexpected (Wan's `norm_added_q`, dropped by diffusers too, is ignored)."""
-    names = [n for n in names if "norm_added_q" not in n]
-    missing = sorted(set(expected) - set(names))
-    unexpected = sorted(set(names) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{where}: weights do not match the model: missing {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
-                         f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)}); {fix}")
-    return names
-
-
-@torch.no_grad()
-def _load_weights(module: nn.Module, folder: Path) -> None:
-    """Copy every tensor of a folder into `module`, strictly, with shape checks (file by file)."""
-    files = _weight_files(folder)
-    expected = module.state_dict()
-    _check_names(expected, files, f"{folder} (config.json)", "is this the right kind of folder (from_backbone: "
-                 "a Wan T2V transformer, from_pretrained: a UnityVideo save)?")
-    for path in sorted(set(files.values())):
-        with _open_weights(path) as f:
-            for name in f.keys():
-                if name not in expected:
-                    continue
-                tensor = f.get_tensor(name)
-                if tensor.shape != expected[name].shape:
-                    raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} but config.json "
-                                     f"implies {tuple(expected[name].shape)}; the config and weights disagree "
-                                     "(fix config.json or re-export the folder)")
-                expected[name].copy_(tensor)
-
-
-@torch.no_grad()
-def _copy_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:
-    """Copy an in-memory Wan state dict (diffusers' names) into `module`, strictly, with shape checks."""
-    expected = module.state_dict()
-    for name in _check_names(expected, tensors, where, "is it a text-to-video Wan transformer?"):
-        if tensors[name].shape != expected[name].shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, the model expects "
-                             f"{tuple(expected[name].shape)}")
-        expected[name].copy_(tensors[name])
-
-
-# ----- compute ------------------------------------------------------------------------------------
-
-
-def forward_flops(config: dict, latent_shape: Sequence[int], num_streams: int, context_len: int,
-                  batch: int = 1, clean_streams: int = 0, cached: bool = False) -> int:
-    """Matmul FLOPs (2 per multiply-add) of one forward, counted from the config.
-
-    latent_shape: (C, F, H, W) of each stream. Counts every Linear / Conv3d / attention product; the
-    elementwise work (norms, modulation, RoPE) is left out, as torch's FlopCounterMode does.
-    clean_streams: how many of the streams are clean conditions under `condition_isolation` (their
-    queries see only the clean keys). cached: those streams come from a ConditionCache, so only the
-    other streams are computed, their queries over all keys (the cache's one-time build is a forward
-    of the clean streams alone).
-    """
-    cfg = {**_init_defaults(), **config}
-    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    channels, frames, height, width = latent_shape
-    patch = math.prod(cfg["patch_size"])
-    out = (cfg["out_channels"] or cfg["in_channels"]) * patch
-    per_stream = frames * height * width // patch
-    all_tokens, clean_tokens = num_streams * per_stream, clean_streams * per_stream
-    computed_streams = num_streams - clean_streams if cached else num_streams
-    tokens = computed_streams * per_stream  # tokens projected, queried and fed through the FFN
-    contexts = computed_streams * context_len  # context tokens, one context per stream
-    t_rows = computed_streams  # timestep embeddings (one per stream)
-    # (query, key) pairs of self-attention: noisy queries see every key; clean ones only the clean keys
-    pairs = (all_tokens - clean_tokens) * all_tokens + (0 if cached else clean_tokens * clean_tokens)
-
-    macs = tokens * channels * patch * dim  # patch embedding
-    macs += contexts * (cfg["text_dim"] * dim + dim * dim)  # text_embedder (2 layers)
-    macs += t_rows * (cfg["freq_dim"] * dim + dim * dim + dim * 6 * dim)  # time_embedder + time_proj
-    per_block = 4 * tokens * dim * dim  # self-attention q, k, v, o
-    per_block += 2 * pairs * dim  # QK^T and AV
-    per_block += 2 * tokens * dim * dim + 2 * contexts * dim * dim  # cross-attention q, o and k, v
-    per_block += 2 * tokens * context_len * dim  # cross-attention QK^T and AV, per stream
-    per_block += 2 * tokens * dim * cfg["ffn_dim"]  # FFN
-    macs += cfg["num_layers"] * per_block
-    macs += tokens * dim * out  # proj_out
-    return 2 * batch * macs
-
-
-def _init_defaults() -> dict:
-    import inspect
-
-    params = inspect.signature(UnityVideoTransformer.__init__).parameters
-    return {k: p.default for k, p in params.items() if k != "self"}

@@ -44,6 +44,17 @@ class WorldData:
 
 
 @dataclass
+class TrainCrop:
+    """A random window of every training sample at its native resolution (nothing is resampled): fewer
+    tokens per step with the same pixels per person, so small structure (joints, body parts) is learned
+    at the scale it is evaluated at, for a fraction of the compute. Validation and inference see whole
+    clips. frames / size: the window's length and (H, W); None keeps the sample's own."""
+
+    frames: int | None = None
+    size: tuple[int, int] | None = None
+
+
+@dataclass
 class DataConfig:
     """Where clips come from: a `manifest` (CSV/JSONL) or a `world` to render; `val_manifest`
     (default: the world's test split, or the manifest's rows with split == "test")."""
@@ -59,6 +70,7 @@ class DataConfig:
     num_workers: int = 0
     latent_cache: str | None = None   # folder of precomputed latents (computed and stored on first use)
     text_cache: str | None = None     # folder of precomputed text features (TextEncoder disk cache)
+    train_crop: TrainCrop | None = None
 
 
 @dataclass
@@ -120,6 +132,7 @@ class TrainConfig:
     parallel: str = "auto"            # auto: fsdp on GPU if the model is big, else ddp; none = 1 process
     fsdp_min_params: int = 500_000_000  # auto picks FSDP2 at or above this many parameters
     activation_checkpointing: bool = False
+    compile: bool = False             # torch.compile the per-block function (model.compile_blocks)
     precision: str = "auto"           # auto = bf16 on GPU, fp32 on CPU
     log_every: int = 10
     eval_every: int = 100
@@ -131,7 +144,6 @@ class TrainConfig:
     # "copy" (a copy inside it: self-contained, as large as the folders) or "link" (a symbolic link inside it)
     export_assets: str = "reference"
     max_nonfinite: int = 10           # consecutive NaN/inf steps before the run aborts
-    nan_steps: tuple[int, ...] = ()   # testing hook: make the loss NaN at these steps
     progress: bool = True
     tensorboard: bool = True
 
@@ -229,6 +241,20 @@ def _check_number(key: str, value: Any, low: float | None, high: float | None, l
         raise ValueError(f"{key}={value} must be <= {high}")
 
 
+def _check_train_crop(where: str, data: DataConfig) -> None:
+    crop = data.train_crop
+    if crop is None:
+        return
+    _check_number(f"{where}.train_crop.frames", crop.frames, 1, data.frames, True)
+    for i, side in enumerate(crop.size or ()):
+        _check_number(f"{where}.train_crop.size[{i}]", side, 1, None, True)
+        if data.size and side > data.size[i]:
+            raise ValueError(f"{where}.train_crop.size={list(crop.size)} must fit inside {where}.size="
+                             f"{list(data.size)}: the window is cut from the sample, never resampled")
+    if crop.size is not None and data.size is None:
+        raise ValueError(f"{where}.train_crop.size needs {where}.size (the sample's size the window is cut from)")
+
+
 def _check_numbers(config: "Config") -> None:
     for key, low, high, low_ok in _NUMBER_RULES:
         section, name = key.split(".")
@@ -254,6 +280,7 @@ def _check_numbers(config: "Config") -> None:
             _check_number(f"{where}.{name}", getattr(data, name), low, high, low_ok)
         for i, side in enumerate(data.size or ()):
             _check_number(f"{where}.size[{i}]", side, 1, None, True)
+        _check_train_crop(where, data)
         if data.world is not None:
             for name, low, high, low_ok in _WORLD_RULES:
                 _check_number(f"{where}.world.{name}", getattr(data.world, name), low, high, low_ok)
@@ -393,4 +420,4 @@ def dump_config(config: Config) -> str:
 
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "RoutingConfig", "Stage", "TASKS",
-           "TimestepSampler", "TrainConfig", "WorldData", "dump_config", "from_dict", "load_config", "to_dict"]
+           "TimestepSampler", "TrainConfig", "TrainCrop", "WorldData", "dump_config", "from_dict", "load_config", "to_dict"]

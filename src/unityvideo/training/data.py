@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ..flow import Route, RoutingConfig, draw_route, sample_generator
+from ..modalities import ENCODING_VERSIONS
 from .config import Config, DataConfig, WorldData
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,11 @@ VAL_SPLITS = ("test", "val", "validation")
 
 
 def world_folder(world: WorldData, run_dir: Path) -> Path:
-    """Cache folder of a rendered world, keyed by everything that changes a clip's pixels."""
+    """Cache folder of a rendered world, keyed by everything that changes a clip's pixels (the picture
+    formats that are past their first version included)."""
     root = Path(world.cache) if world.cache else run_dir / "world"
-    return root / f"f{world.frames}-{world.size[0]}x{world.size[1]}-fps{world.fps}-seed{world.seed}"
+    formats = "".join(f"-{name}{v}" for name, v in ENCODING_VERSIONS.items() if v > 1)
+    return root / f"f{world.frames}-{world.size[0]}x{world.size[1]}-fps{world.fps}-seed{world.seed}{formats}"
 
 
 def prepare_world(world: WorldData, run_dir: Path, workers: int | None = None) -> Path:
@@ -131,9 +134,10 @@ def check_clip_lengths(records: list, data: DataConfig) -> None:
 
 class ClipStreams(Dataset):
     """Loads, for a `SampleRef`, the RGB stream and the route's modality stream only (not all five),
-    from UnityVideoDatasets sharing one list of records. Optionally keeps decoded clips in memory."""
+    from UnityVideoDatasets sharing one list of records. Optionally keeps decoded clips in memory.
+    `crop`: cut `data.train_crop`'s random window from every sample (training clips, not validation)."""
 
-    def __init__(self, records: list, data: DataConfig, seed: int):
+    def __init__(self, records: list, data: DataConfig, seed: int, crop: bool = False):
         from ..data import SkippedClips, UnityVideoDataset
 
         check_clip_lengths(records, data)
@@ -148,6 +152,8 @@ class ClipStreams(Dataset):
         self._by_modality: dict[str, Any] = {}
         self._memory: dict[tuple, dict] = {}
         self.cache_in_memory = data.cache_in_memory and not data.random_offset
+        self.crop = data.train_crop if crop else None
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.records)
@@ -164,7 +170,7 @@ class ClipStreams(Dataset):
     def __getitem__(self, ref: SampleRef) -> dict[str, Any]:
         key = (ref.clip, ref.route.modality)
         if key in self._memory:
-            return {**self._memory[key], "number": ref.number, "route": ref.route}
+            return self._window({**self._memory[key], "number": ref.number, "route": ref.route})
         dataset = self._dataset(ref.route.modality)
         dataset.set_epoch(ref.number // len(self))
         sample = dataset[ref.clip]
@@ -173,7 +179,24 @@ class ClipStreams(Dataset):
                 "frame_indices": sample["frame_indices"]}
         if self.cache_in_memory:
             self._memory[key] = item
-        return {**item, "number": ref.number, "route": ref.route}
+        return self._window({**item, "number": ref.number, "route": ref.route})
+
+    def _window(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The sample's random train_crop window (the same for its RGB and modality streams), drawn from
+        its sample number, so a resumed run cuts the same windows."""
+        if self.crop is None:
+            return item
+        _, frames, height, width = item["rgb"].shape
+        f = self.crop.frames or frames
+        h, w = self.crop.size or (height, width)
+        g = sample_generator(self.seed + 0xC0B, item["number"])
+        t0, y0, x0 = (int(torch.randint(0, n - k + 1, (), generator=g)) for n, k in ((frames, f), (height, h), (width, w)))
+
+        def cut(video: torch.Tensor | None) -> torch.Tensor | None:
+            return None if video is None else video[:, t0:t0 + f, y0:y0 + h, x0:x0 + w]
+
+        return {**item, "rgb": cut(item["rgb"]), "modality": cut(item["modality"]),
+                "frame_indices": item["frame_indices"][t0:t0 + f]}
 
 
 def collate_samples(items: list[dict]) -> list[dict]:
@@ -281,6 +304,8 @@ class LatentCache:
     def __init__(self, folder: str | Path, codec_spec: str, data: DataConfig):
         if data.random_offset:
             raise ValueError("data.latent_cache needs data.random_offset=false (a cached latent is one fixed window)")
+        if data.train_crop is not None:
+            raise ValueError("data.latent_cache needs data.train_crop=null (a cached latent is one fixed window)")
         self.folder = Path(folder)
         self.tag = f"{codec_spec}|{data.frames}|{data.frame_stride}|{tuple(data.size or ())}"
 

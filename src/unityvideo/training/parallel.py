@@ -99,11 +99,14 @@ class RoutedModel(nn.Module):
 
 
 def apply_parallel(model: UnityVideoTransformer, mode: str, runtime: Runtime, dtype: torch.dtype,
-                   activation_checkpointing: bool) -> nn.Module:
+                   activation_checkpointing: bool, compile_blocks: bool = False) -> nn.Module:
     """Wrap the model for training; returns the module to call (the model itself stays reachable
-    as `.module.model` under DDP, `.model` otherwise)."""
+    as `.module.model` under DDP, `.model` otherwise). Checkpointing and compilation are applied here,
+    from outside the model (train.activation_checkpointing, train.compile)."""
     if activation_checkpointing:
         model.enable_gradient_checkpointing()
+    if compile_blocks:
+        model.compile_blocks()
     routed = RoutedModel(model)
     if mode == "fsdp":
         return apply_fsdp(routed, dtype)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..flow import TASK_TABLE, TASKS, Route, flow_loss, route_batch, validation_route
-from ..modalities import STREAM_NAMES
+from ..modalities import ENCODING_VERSIONS, STREAM_NAMES
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
 from ..models.checkpoint import (SPEC_NAME, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, place_asset,
                                  resolve_asset)
@@ -154,7 +154,7 @@ class Trainer:
                 train_records, val_records = split_records(manifest_of(data, self.run_dir), data.val_manifest,
                                                            data.world)
                 val = ClipStreams(val_records, data, cfg.train.seed) if val_records else None
-                built[id(data)] = (ClipStreams(train_records, data, cfg.train.seed), val)
+                built[id(data)] = (ClipStreams(train_records, data, cfg.train.seed, crop=True), val)
             self.stage_clips.append(built[id(data)][0])
             self.val_clips.append(built[id(data)][1])
         for index, (stage, clips) in enumerate(zip(cfg.stages, self.stage_clips)):
@@ -191,8 +191,16 @@ class Trainer:
         if self.resuming and path.is_file():
             return LatentNorm.from_json(json.loads(path.read_text()))
         init = Path(cfg.model.init) if cfg.model.init else None  # may also be a bare transformer folder
-        inherited = LatentNorm.from_json(load_checkpoint_spec(init).latent_norm) \
-            if init is not None and (init / SPEC_NAME).is_file() else LatentNorm({})
+        inherited = LatentNorm({})
+        if init is not None and (init / SPEC_NAME).is_file():
+            spec = load_checkpoint_spec(init)
+            # a stream whose picture format changed since model.init was trained is measured afresh
+            changed = {m for m in cfg.modalities if spec.encodings.get(m, 1) != ENCODING_VERSIONS[m]}
+            if changed and self.runtime.is_main:
+                log.info("model.init learned another picture format of %s: its latent norm is measured again",
+                         sorted(changed))
+            inherited = LatentNorm({k: v for k, v in LatentNorm.from_json(spec.latent_norm).stats.items()
+                                    if k not in changed})
         wanted = [RGB, *cfg.modalities] if cfg.model.latent_norm == "per_stream" else []
         missing = [s for s in wanted if s not in inherited.stats]
         measured = LatentNorm.measure(self._sample_latents(missing, sample_clips)) if missing else LatentNorm({})
@@ -231,7 +239,8 @@ class Trainer:
         self.num_params = sum(p.numel() for p in model.parameters())
         self.parallel = choose_parallel(cfg.train.parallel, rt, self.num_params, cfg.train.fsdp_min_params)
         self.dtype = compute_dtype(cfg.train.precision, rt.device)
-        self.wrapped = apply_parallel(model, self.parallel, rt, self.dtype, cfg.train.activation_checkpointing)
+        self.wrapped = apply_parallel(model, self.parallel, rt, self.dtype, cfg.train.activation_checkpointing,
+                                      cfg.train.compile)
         self.model = inner_model(self.wrapped)
         # Only what is trained has an EMA (under LoRA a few MB instead of a second copy of the backbone).
         self.trained = trained_names(self.model)
@@ -363,10 +372,10 @@ class Trainer:
                 with self._no_sync(last=micro == micro_steps - 1):
                     per_sample, tasks, mods = self.forward(items)
                     loss = per_sample.sum() / (tc.batch_size // rt.world_size)
-                    if self.step in tc.nan_steps:
-                        loss = loss * float("nan")
+                    if self.step in POISONED_STEPS:
+                        loss, per_sample = loss * float("nan"), per_sample * float("nan")
                     loss.backward()
-                stats.add(per_sample if self.step not in tc.nan_steps else per_sample * float("nan"), tasks, mods)
+                stats.add(per_sample, tasks, mods)
             all_reduce_sum(stats.values)
             metrics = stats.summary()
             applied = self.optimizer_step(metrics["loss"])
@@ -450,7 +459,7 @@ class Trainer:
 
     def forward(self, items: list[dict]) -> tuple[torch.Tensor, list[str], list[str | None]]:
         """Per-sample losses (B,) of a micro-batch, in the items' order, with their tasks and modalities."""
-        stage_index = self.config.stage_at(items[0]["number"] // self.config.train.batch_size)[0]
+        stage_index = items[0]["stage"]  # the batch loader's decision (StepBatches)
         routing = self.config.stage_routing(self.config.stages[stage_index])
         routes = [item["route"] for item in items]
         groups = self._groups(items, routes, routing, self.latent_caches[stage_index], self.config.train.seed)
@@ -697,12 +706,14 @@ class Trainer:
 
 # The clean condition of each task, as an item key: swapped with another clip's in validation.
 CONDITION_OF = {t: TASK_TABLE[t].condition for t in TASKS if TASK_TABLE[t].condition}
+# Steps whose loss is made NaN: a hook for the tests of the non-finite guard (never set in a real run).
+POISONED_STEPS: frozenset[int] = frozenset()
 LATENT_NORM_FILE = "latent_norm.json"
 ADAPTER_DIR = "adapter"
 
 
 class _StageItems(torch.utils.data.Dataset):
-    """Index = (stage index, SampleRef) -> the sample's streams from that stage's clips."""
+    """Index = (stage index, SampleRef) -> the sample's streams from that stage's clips, and the stage."""
 
     def __init__(self, stage_clips: list[ClipStreams], config: Config):
         self.stage_clips = stage_clips
@@ -713,7 +724,7 @@ class _StageItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         stage_index, ref = key
-        return self.stage_clips[stage_index][ref]
+        return {**self.stage_clips[stage_index][ref], "stage": stage_index}
 
 
 class _RefBatches:

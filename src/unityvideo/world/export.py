@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from unityvideo.data.manifest import ClipRecord, write_manifest
+from unityvideo.data.manifest import ClipRecord, encodings_path, write_encodings, write_manifest
 from unityvideo.data.raw import save_raw
 from unityvideo.data.video import write_video
-from unityvideo.modalities import MODALITY_NAMES, default_max_flow, depth_near, get_modality
+from unityvideo.modalities import MODALITY_NAMES, check_encodings, default_max_flow, depth_near, get_modality, \
+    picture_hints
 from unityvideo.resources import check_memory, warn_if_long
 from unityvideo.world import WorldClip, WorldConfig, clip_seed, generate_clip
 
@@ -88,8 +89,7 @@ def encode_streams(clip: WorldClip) -> tuple[dict[str, np.ndarray], dict[str, fl
     """Encode every modality of a clip as RGB frames; returns the frames and the decoding hints."""
     size = clip.rgb.shape[1:3]
     hints = {"depth_near": depth_near(clip.depth), "flow_max": default_max_flow(*size)}
-    # Every encoder ignores the hints it does not use.
-    encode_hints = {"near": hints["depth_near"], "max_flow": hints["flow_max"], "size": size}
+    encode_hints = picture_hints(size, hints["depth_near"], hints["flow_max"])
     streams = {"rgb": clip.rgb}
     for name in MODALITY_NAMES:
         streams[name] = get_modality(name).encode(getattr(clip, name), **encode_hints)
@@ -153,13 +153,23 @@ def rebuild_manifest(out: Path) -> Path:
     rows.sort(key=lambda r: (r["split"] != "train", r["index"]))
     manifest = out / MANIFEST_NAME
     write_manifest(manifest, [_record(r) for r in rows])
+    write_encodings(manifest)
     return manifest
+
+
+def _check_same_formats(out: Path) -> None:
+    """Clips are only added to a folder whose finished clips use this version's picture formats."""
+    if any((out / "clips").glob(f"*/{ROW_NAME}")):
+        recorded = encodings_path(out / MANIFEST_NAME)
+        check_encodings(json.loads(recorded.read_text()) if recorded.is_file() else {}, MODALITY_NAMES,
+                        str(out), "render into a new folder (a rerun only adds missing clips)")
 
 
 def export_world(spec: ExportSpec) -> ExportResult:
     """Render `spec.clips` clips of one split into `spec.out`, in parallel, with a progress bar."""
     spec.validate()
     start = time.perf_counter()
+    _check_same_formats(spec.out)
     (spec.out / "clips").mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(spec.clips) if not _finished(spec.out, clip_id(spec.split, i))]
     workers = spec.worker_count(len(todo))
