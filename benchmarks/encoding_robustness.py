@@ -5,8 +5,9 @@ scored with the pooled metrics. A picture format a regression can learn keeps it
     unityvideo world --out W --clips 16 --frames 8 --size 64 64 --seed 5 --fps 8 --split test
     python benchmarks/encoding_robustness.py --data W --out benchmarks/results/encoding_robustness.json
 
-DensePose is scored twice: with this version's format and with the earlier one (R = 10 I, G = 255 U,
-B = 255 V, kept here only for the comparison), which loses a part whenever R is off by 5 levels.
+DensePose and the skeleton are scored twice: with this version's format and with the earlier one
+(DensePose R = 10 I, G = 255 U, B = 255 V, which loses a part whenever R is off by 5 levels; skeleton
+joint discs of radius min(H, W) / 64, one pixel at 64 x 64), kept here only for the comparison.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+import unityvideo.skeleton_picture as skeleton_picture
 from unityvideo.eval.metrics import modality_scores, pool
 from unityvideo.eval.runner import load_eval_clips, resolve_manifest, select_records
 from unityvideo.modalities import get_modality
@@ -40,10 +42,30 @@ def decode_iuv_r10(frames: np.ndarray, **_) -> np.ndarray:
     return np.concatenate([part[..., None], frames[..., 1:] / 255 * (part > 0)[..., None]], -1)
 
 
+def radius_64(height: int, width: int) -> int:
+    """The earlier skeleton format's joint disc radius."""
+    return max(1, int(np.floor(min(height, width) / 64 + 0.5)))
+
+
+def with_radius(radius, fn):
+    """`fn` run with the skeleton picture's disc radius swapped for `radius` (encode and decode read it)."""
+    def run(*args, **kwargs):
+        current = skeleton_picture.skeleton_radius
+        skeleton_picture.skeleton_radius = radius
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            skeleton_picture.skeleton_radius = current
+    return run
+
+
+SKELETON = get_modality("skeleton")
 FORMATS = {
     "densepose": get_modality("densepose"),
     "densepose (earlier R = 10 I)": (encode_iuv_r10, decode_iuv_r10),
-    "skeleton": get_modality("skeleton"),
+    "skeleton": SKELETON,
+    "skeleton (earlier radius min(H, W) / 64)": (with_radius(radius_64, SKELETON.encode),
+                                                 with_radius(radius_64, SKELETON.decode)),
     "segmentation": get_modality("segmentation"),
 }
 

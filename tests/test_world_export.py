@@ -109,8 +109,9 @@ def test_skeleton_round_trip_keypoints_within_a_pixel(world):
     errors = np.array(errors)
     assert len(errors) > 50, "the test world should contain people"
     # Discs are drawn at the rounded position (<= 0.71 px); a disc partly covered by a neighbour
-    # shifts its centroid, which is the small tail.
-    assert np.median(errors) < 0.75 and np.mean(errors <= 1.0) > 0.9
+    # shifts its centroid, which is the tail (measured 89% within a pixel with format 2's radius-2 discs
+    # at this size, 91% with format 1's radius 1, which a one-pixel blur erases: docs/world.md).
+    assert np.median(errors) < 0.75 and np.mean(errors <= 1.0) > 0.85
 
 
 def test_cli_world_writes_preview_and_resumes(tmp_path, capsys):

@@ -299,7 +299,8 @@ class Modality:
     prompt: the in-context modality prompt C_m; pixel_aligned: curriculum stage 1 (the modality is a
     dense per-pixel function of the frame); categorical: resample with nearest neighbour; version: of the
     picture format, raised whenever encode changes, so that data and checkpoints made with another
-    format are refused instead of misread (densepose 2: the grid code, 1 was R = 10 I).
+    format are refused instead of misread (densepose 2: the grid code, 1 was R = 10 I; skeleton 2: joint
+    discs of radius min(H, W) / 32, 1 had / 64).
     """
 
     name: str
@@ -353,7 +354,7 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (
              combine_fn=_combine_medoid),
     Modality("skeleton", aliases=("pose", "keypoints"), prompt="human skeleton", pixel_aligned=False,
              categorical=True, encode_fn=encode_skeleton, decode_fn=decode_skeleton,
-             visualize_fn=visualize_skeleton, combine_fn=_combine_medoid),
+             visualize_fn=visualize_skeleton, combine_fn=_combine_medoid, version=2),
     Modality("densepose", aliases=("iuv",), prompt="densepose", pixel_aligned=True, categorical=True,
              encode_fn=_encode_densepose, decode_fn=_decode_densepose, visualize_fn=_visualize_densepose,
              combine_fn=_combine_densepose, version=2),

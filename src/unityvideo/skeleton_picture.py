@@ -37,8 +37,9 @@ _IN_FRAME[1] = True
 
 
 def skeleton_radius(height: int, width: int) -> int:
-    """Joint disc radius of the skeleton encoding: max(1, round(min(H, W) / 64)), halves rounded up."""
-    return max(1, int(np.floor(min(height, width) / 64 + 0.5)))
+    """Joint disc radius of the skeleton encoding: max(1, round(min(H, W) / 32)), halves rounded up.
+    (Format 1 had min(H, W) / 64: at 64 x 64 a one-pixel disc, which a blur of one pixel erases.)"""
+    return max(1, int(np.floor(min(height, width) / 32 + 0.5)))
 
 
 # The five face joints lie a few pixels apart at small sizes, so they are drawn one radius smaller
