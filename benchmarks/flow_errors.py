@@ -69,7 +69,7 @@ def measure(args: argparse.Namespace) -> dict:
             out = pipe(prompt=[""], task="estimate", modalities=["flow"], video=clip.rgb[None],
                        num_inference_steps=args.steps, ensemble_size=k,
                        generator=[torch.Generator().manual_seed(args.seed + clip.index)],
-                       decode_hints={"flow": clip.hints["flow"]})
+                       decode_hints={"flow": clip.hints})
             rows.append({"clip_id": clip.clip_id, **clip_errors(out.raw["flow"][0], clip.raw["flow"], args.still,
                                                                   clip.flow_valid)})
         runs.append({"ensemble": k, "clips": rows})

@@ -582,7 +582,7 @@ def test_train_crop_cuts_one_native_window_per_sample_and_validation_sees_whole_
                            "stages.0.steps=2", "stages.1.steps=1", "train.checkpoint_every=100"))
     spec = load_checkpoint_spec(run / "export")
     assert (spec.frames, tuple(spec.size)) == (4, (16, 16))  # the model is for whole clips
-    assert any(r["kind"] == "eval" for r in read_metrics(run))  # validated on whole clips
+    assert any(r["kind"] == "val" for r in read_metrics(run))  # validated on whole clips
 
 
 def test_checkpointing_and_compilation_are_applied_from_the_config(small_config, tmp_path, monkeypatch):
