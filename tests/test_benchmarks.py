@@ -2,6 +2,8 @@
 FLOP counts agree with torch's FlopCounterMode."""
 
 import importlib.util
+import os
+import subprocess
 import json
 import sys
 from pathlib import Path
@@ -123,3 +125,16 @@ def test_recipe_memory_measures_the_1_3b_activations_per_token_and_layer(tmp_pat
     assert row["lora_trained"] < row["parameters"] / 20  # rank 32: 3 % of the model
     fits = row["fits"]
     assert fits["80 GB/full/1gpu/ckpt-full"] > fits["80 GB/full/1gpu/ckpt-none"] >= 1
+
+
+def test_the_gpu_benchmark_script_rehearses_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh drives train_step.py and generate.py: at tiny size on the CPU every stage
+    must pass, so a flag renamed in one of them is caught before a GPU run is spent on it."""
+    env = {**os.environ, "DEVICE": "cpu", "SIZE": "tiny", "COMPILE": "0", "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "work"), "PY": sys.executable, "BUDGET": "400"}
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], cwd=BENCHMARKS.parent, env=env,
+                          capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "train_1.3b" in table and "generate_5b" in table
+    assert "stages: install=0 smoke=0 train_1.3b=0 train_5b=0 generate_5b=0" in done.stdout
