@@ -32,7 +32,7 @@ __all__ = [
     "Modality", "MODALITIES", "MODALITY_NAMES", "STAGE1_MODALITIES", "STREAM_NAMES",
     "get_modality", "canonical_name", "depth_near", "default_max_flow", "picture_hints", "skeleton_radius",
     "SEGMENTATION_PALETTE", "SKELETON_JOINT_COLOURS", "SKELETON_LIMB_COLOURS", "COCO_JOINTS", "COCO_LIMBS",
-    "flow_to_colour", "DENSEPOSE_CELL_STEP", "DENSEPOSE_UV_SPAN", "ENCODING_VERSIONS", "check_encodings",
+    "flow_to_colour", "DENSEPOSE_CELL_STEP", "DENSEPOSE_UV_SPAN", "ENCODING_VERSIONS", "check_encodings", "stale_encodings",
 ]
 
 # ----------------------------------------------------------------------------- ensembles
@@ -367,10 +367,15 @@ STAGE1_MODALITIES: tuple[str, ...] = tuple(n for n in MODALITY_NAMES if MODALITI
 ENCODING_VERSIONS: dict[str, int] = {n: m.version for n, m in MODALITIES.items()}
 
 
+def stale_encodings(recorded: dict[str, int], names: Sequence[str]) -> dict[str, int]:
+    """The streams of `names` whose recorded picture format (`recorded`: name -> version; missing = 1,
+    from before versions were kept) differs from this version's, with the version recorded."""
+    return {n: recorded.get(n, 1) for n in names if recorded.get(n, 1) != ENCODING_VERSIONS[n]}
+
+
 def check_encodings(recorded: dict[str, int], names: Sequence[str], source: str, fix: str) -> None:
-    """Refuse streams whose picture format (`recorded`: name -> version; missing = 1, from before
-    versions were kept) differs from this version's encoders and decoders."""
-    stale = {n: recorded.get(n, 1) for n in names if recorded.get(n, 1) != ENCODING_VERSIONS[n]}
+    """Refuse streams whose picture format differs from this version's encoders and decoders."""
+    stale = stale_encodings(recorded, names)
     if stale:
         found = ", ".join(f"{n} format {v} (this version reads {ENCODING_VERSIONS[n]})" for n, v in stale.items())
         raise ValueError(f"{source} was made with another picture format: {found}; {fix}")

@@ -243,13 +243,19 @@ def write_encodings(manifest: str | Path) -> Path:
     return path
 
 
-def _check_encodings(manifest: Path, records: list[ClipRecord]) -> None:
+def recorded_encodings(manifest: str | Path) -> dict[str, int] | None:
+    """The picture formats `write_encodings` recorded for a manifest; None when it has no sidecar."""
     sidecar = encodings_path(manifest)
-    if not sidecar.is_file():
+    return json.loads(read_utf8(sidecar)) if sidecar.is_file() else None
+
+
+def _check_encodings(manifest: Path, records: list[ClipRecord]) -> None:
+    recorded = recorded_encodings(manifest)
+    if recorded is None:
         return  # made by hand or by another tool: the videos are taken to be in this version's formats
     present = sorted({m for r in records for m in r.modalities})
     try:
-        check_encodings(json.loads(read_utf8(sidecar)), present, f"{manifest}",
+        check_encodings(recorded, present, f"{manifest}",
                         f"render or annotate it again with this version (e.g. `unityvideo world --out "
                         f"{manifest.parent}` into a new folder)")
     except ValueError as err:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..flow import TASK_TABLE, TASKS, Route, flow_loss, route_batch, validation_route
-from ..modalities import ENCODING_VERSIONS, STREAM_NAMES
+from ..modalities import STREAM_NAMES, stale_encodings
 from ..models import RGB, LatentNorm, UnityVideoTransformer, load_codec, load_text_encoder
 from ..models.checkpoint import (SPEC_NAME, TRANSFORMER_DIR, CheckpointSpec, load_checkpoint_spec, place_asset,
                                  resolve_asset)
@@ -195,7 +195,7 @@ class Trainer:
         if init is not None and (init / SPEC_NAME).is_file():
             spec = load_checkpoint_spec(init)
             # a stream whose picture format changed since model.init was trained is measured afresh
-            changed = {m for m in cfg.modalities if spec.encodings.get(m, 1) != ENCODING_VERSIONS[m]}
+            changed = set(stale_encodings(spec.encodings, cfg.modalities))
             if changed and self.runtime.is_main:
                 log.info("model.init learned another picture format of %s: its latent norm is measured again",
                          sorted(changed))

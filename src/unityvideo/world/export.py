@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from unityvideo.data.manifest import ClipRecord, encodings_path, write_encodings, write_manifest
+from unityvideo.data.manifest import ClipRecord, recorded_encodings, write_encodings, write_manifest
 from unityvideo.data.raw import save_raw
 from unityvideo.data.video import write_video
 from unityvideo.modalities import MODALITY_NAMES, check_encodings, default_max_flow, depth_near, get_modality, \
@@ -160,9 +160,8 @@ def rebuild_manifest(out: Path) -> Path:
 def _check_same_formats(out: Path) -> None:
     """Clips are only added to a folder whose finished clips use this version's picture formats."""
     if any((out / "clips").glob(f"*/{ROW_NAME}")):
-        recorded = encodings_path(out / MANIFEST_NAME)
-        check_encodings(json.loads(recorded.read_text()) if recorded.is_file() else {}, MODALITY_NAMES,
-                        str(out), "render into a new folder (a rerun only adds missing clips)")
+        check_encodings(recorded_encodings(out / MANIFEST_NAME) or {}, MODALITY_NAMES, str(out),
+                        "render into a new folder (a rerun only adds missing clips)")
 
 
 def export_world(spec: ExportSpec) -> ExportResult:
