@@ -3,6 +3,7 @@ every colour on the {0, 85, 170, 255}^3 grid; decoded by joining joint blobs alo
 Registered as the `skeleton` modality in `unityvideo.modalities`."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -149,6 +150,84 @@ class _UnionFind:
         self.parent[self.find(i)] = self.find(j)
 
 
+@dataclass
+class _JointBlobs:
+    """The 8-connected blobs of each joint colour in a skeleton picture (index 0 = none)."""
+
+    ids: np.ndarray        # (F, H, W) blob id per pixel
+    kind: np.ndarray       # joint index of each blob
+    count: np.ndarray      # pixels per blob
+    x: np.ndarray          # centroid per blob
+    y: np.ndarray
+    frame: np.ndarray      # frame index per blob
+    region: np.ndarray     # non-black region id per blob
+    pixels: list           # (y, x) pixels per blob
+    valid: np.ndarray      # large enough, in a large enough region
+
+
+def _joint_blobs(classes: np.ndarray, radius: int) -> _JointBlobs:
+    regions, n_regions = ndimage.label(classes != _SKELETON_BACKGROUND, structure=_IN_FRAME)
+    disc_area = len(_disc_offsets(radius))
+    # Small thresholds: nearest-neighbour downscaling may leave only a few pixels of a disc.
+    region_ok = np.bincount(regions.ravel(), minlength=n_regions + 1) >= max(2, disc_area // 4)
+    region_ok[0] = False
+    ids, kind = _label_classes(classes, range(17))
+    n_blobs = len(kind)
+    f_idx, rows, cols = np.nonzero(ids)
+    blob = ids[f_idx, rows, cols]
+    count = np.bincount(blob, minlength=n_blobs)
+    frame, region = np.zeros(n_blobs, np.int64), np.zeros(n_blobs, np.int64)
+    frame[blob] = f_idx
+    region[blob] = regions[f_idx, rows, cols]
+    order = np.argsort(blob, kind="stable")
+    pixels = np.split(np.stack([rows, cols], 1)[order], np.cumsum(count)[:-1])
+    valid = (count >= max(1, disc_area // 8)) & region_ok[region]
+    valid[0] = False
+    return _JointBlobs(ids, kind, count, x=np.bincount(blob, weights=cols, minlength=n_blobs) / np.maximum(count, 1),
+                       y=np.bincount(blob, weights=rows, minlength=n_blobs) / np.maximum(count, 1),
+                       frame=frame, region=region, pixels=pixels, valid=valid)
+
+
+def _people_of(blobs: _JointBlobs, classes: np.ndarray) -> list[list[int]]:
+    """Valid joint blobs grouped into persons: joined along the skeleton graph (two joint discs that
+    touch, or a limb line touching both ends), then left-over fragments merged (`_merge_fragments`)."""
+    groups = _UnionFind(len(blobs.kind))
+    limb_ends = {frozenset(limb) for limb in COCO_LIMBS}
+    valid, kind = blobs.valid, blobs.kind
+    for a, b, _count in _touching(blobs.ids, blobs.ids):
+        if valid[a] and valid[b] and frozenset((kind[a], kind[b])) in limb_ends:
+            groups.union(int(a), int(b))
+    limb_ids, limb_kind = _label_classes(classes, range(_SKELETON_LIMB0, _SKELETON_LIMB0 + len(COCO_LIMBS)))
+    best_end: dict[tuple[int, int], int] = {}  # (limb blob, joint kind) -> the joint blob it touches most
+    for line, joint, _count in _touching(limb_ids, blobs.ids):
+        if valid[joint] and kind[joint] in COCO_LIMBS[limb_kind[line] - _SKELETON_LIMB0]:
+            best_end.setdefault((int(line), int(kind[joint])), int(joint))
+    for (line, end), joint in best_end.items():
+        other = [j for (l2, k2), j in best_end.items() if l2 == line and k2 != end]
+        if other:
+            groups.union(joint, other[0])
+    members: dict[int, list[int]] = {}
+    for b in np.nonzero(valid)[0]:
+        members.setdefault(groups.find(int(b)), []).append(int(b))
+    return _merge_fragments(list(members.values()), kind, blobs.region, blobs.x, blobs.y)
+
+
+def _person_keypoints(group: list[int], blobs: _JointBlobs, classes: np.ndarray, radius: int) -> np.ndarray:
+    """(17, 3) keypoints of one person: per joint, the disc centre of its largest blob and nearby
+    pieces of the same colour (another disc may have cut it)."""
+    person = np.zeros((17, 3), np.float32)
+    for kind in set(int(blobs.kind[b]) for b in group):
+        pieces = [b for b in group if blobs.kind[b] == kind]
+        main = max(pieces, key=lambda b: blobs.count[b])
+        near = [b for b in pieces if np.hypot(blobs.x[b] - blobs.x[main], blobs.y[b] - blobs.y[main]) <= 2 * radius + 1]
+        weight = blobs.count[near]
+        centroid = (np.dot(weight, blobs.y[near]) / weight.sum(), np.dot(weight, blobs.x[near]) / weight.sum())
+        pixels = np.concatenate([blobs.pixels[b] for b in near])
+        y, x = _disc_centre(classes[blobs.frame[main]], pixels, _joint_radius(kind, radius), centroid)
+        person[kind] = (x, y, 2.0)
+    return person
+
+
 def decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> RawArray:
     """Skeleton picture -> keypoints (F, P, 17, 3), persons sorted by mean x, missing joints (0, 0, 0).
 
@@ -161,64 +240,11 @@ def decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> Raw
     frames = check_frames(frames, "skeleton")
     n_frames, height, width, _ = frames.shape
     radius = skeleton_radius(height, width)
-    disc_area = len(_disc_offsets(radius))
     classes = _SKELETON_LUT[grid_palette_index(frames)]
-    regions, n_regions = ndimage.label(classes != _SKELETON_BACKGROUND, structure=_IN_FRAME)
-    # Small thresholds: nearest-neighbour downscaling may leave only a few pixels of a disc.
-    region_ok = np.bincount(regions.ravel(), minlength=n_regions + 1) >= max(2, disc_area // 4)
-    region_ok[0] = False
-
-    joint_ids, joint_kind = _label_classes(classes, range(17))
-    n_blobs = len(joint_kind)
-    f_idx, rows, cols = np.nonzero(joint_ids)
-    blob = joint_ids[f_idx, rows, cols]
-    count = np.bincount(blob, minlength=n_blobs)
-    centre_x = np.bincount(blob, weights=cols, minlength=n_blobs) / np.maximum(count, 1)
-    centre_y = np.bincount(blob, weights=rows, minlength=n_blobs) / np.maximum(count, 1)
-    blob_frame = np.zeros(n_blobs, np.int64)
-    blob_frame[blob] = f_idx
-    blob_region = np.zeros(n_blobs, np.int64)
-    blob_region[blob] = regions[f_idx, rows, cols]
-    order = np.argsort(blob, kind="stable")
-    blob_pixels = np.split(np.stack([rows, cols], 1)[order], np.cumsum(count)[:-1])  # (y, x) per blob
-    valid = (count >= max(1, disc_area // 8)) & region_ok[blob_region]
-    valid[0] = False
-
-    # Join joint blobs along the skeleton graph.
-    groups = _UnionFind(n_blobs)
-    limb_ends = {frozenset(limb): True for limb in COCO_LIMBS}
-    for a, b, _count in _touching(joint_ids, joint_ids):
-        if valid[a] and valid[b] and frozenset((joint_kind[a], joint_kind[b])) in limb_ends:
-            groups.union(int(a), int(b))
-    limb_ids, limb_kind = _label_classes(classes, range(_SKELETON_LIMB0, _SKELETON_LIMB0 + len(COCO_LIMBS)))
-    best_end: dict[tuple[int, int], int] = {}  # (limb blob, joint kind) -> the joint blob it touches most
-    for line, joint, _count in _touching(limb_ids, joint_ids):
-        ends = COCO_LIMBS[limb_kind[line] - _SKELETON_LIMB0]
-        if valid[joint] and joint_kind[joint] in ends:
-            best_end.setdefault((int(line), int(joint_kind[joint])), int(joint))
-    for (line, kind), joint in best_end.items():
-        other = [j for (l2, k2), j in best_end.items() if l2 == line and k2 != kind]
-        if other:
-            groups.union(joint, other[0])
-
-    members: dict[int, list[int]] = {}
-    for b in np.nonzero(valid)[0]:
-        members.setdefault(groups.find(int(b)), []).append(int(b))
-    people = _merge_fragments(list(members.values()), joint_kind, blob_region, centre_x, centre_y)
-
+    blobs = _joint_blobs(classes, radius)
     people_per_frame: list[list[np.ndarray]] = [[] for _ in range(n_frames)]
-    for group in people:
-        person = np.zeros((17, 3), np.float32)
-        for kind in set(int(joint_kind[b]) for b in group):
-            pieces = [b for b in group if joint_kind[b] == kind]
-            main = max(pieces, key=lambda b: count[b])
-            near = [b for b in pieces if np.hypot(centre_x[b] - centre_x[main], centre_y[b] - centre_y[main]) <= 2 * radius + 1]
-            weight = count[near]
-            centroid = (np.dot(weight, centre_y[near]) / weight.sum(), np.dot(weight, centre_x[near]) / weight.sum())
-            pixels = np.concatenate([blob_pixels[b] for b in near])
-            y, x = _disc_centre(classes[blob_frame[main]], pixels, _joint_radius(kind, radius), centroid)
-            person[kind] = (x, y, 2.0)
-        people_per_frame[blob_frame[group[0]]].append(person)
+    for group in _people_of(blobs, classes):
+        people_per_frame[blobs.frame[group[0]]].append(_person_keypoints(group, blobs, classes, radius))
     most = max((len(p) for p in people_per_frame), default=0)
     n_persons = most if persons is None else int(persons)
     out = np.zeros((n_frames, n_persons, 17, 3), np.float32)

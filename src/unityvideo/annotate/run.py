@@ -295,91 +295,119 @@ def _finished(out: Path, cid: str, modalities: list[str]) -> bool:
         return False
 
 
+@dataclass
+class _Tally:
+    """What an annotation run has done so far, and where its time went (teacher -> seconds)."""
+
+    annotated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    frames: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def counted(self) -> int:
+        return self.annotated + self.skipped + self.failed
+
+
+@dataclass
+class _VideoPlan:
+    video: Path
+    fps: float                       # after --step
+    windows: list[tuple[int, int]]   # (start, length) in stepped frames
+
+
 def annotate_videos(spec: AnnotateSpec) -> AnnotateResult:
     """Annotate every window of every input video with the chosen teachers (see the module notes)."""
     spec.validate()
     started = time.perf_counter()
     teachers = build_teachers(spec)  # first: a missing model is the most useful error to see
     videos = find_videos(spec.inputs)
-    modalities = list(teachers)
     captions = load_captions(spec.captions) if spec.captions else {}
     out = Path(spec.out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    lookahead = max((t.lookahead for t in teachers.values()), default=0)
-
-    plans: list[tuple[Path, float, list[tuple[int, int]]]] = []
-    failed, uncaptioned = 0, []
-    for video in videos:
-        try:
-            total, _, _, fps = probe_video(video)
-        except VideoReadError as error:
-            _log_failure(out, video.name, video, error)
-            failed += 1
-            continue
-        windows = plan_windows(-(-total // spec.step), spec.frames, spec.stride)
-        if not windows:
-            log.warning("%s: %d frames (after --step %d) is shorter than one clip of %s frames; skipped",
-                        video, -(-total // spec.step), spec.step, spec.frames)
-        plans.append((video, (fps or 8.0) / spec.step, windows))
-    prefixes = _clip_prefixes([v for v, _, _ in plans])
-
-    todo_total = sum(len(w) for _, _, w in plans)
+    tally = _Tally()
+    plans = _plan_videos(videos, spec, out, tally)
+    prefixes = _clip_prefixes([p.video for p in plans])
+    todo_total = sum(len(p.windows) for p in plans)
     if spec.max_clips is not None:
         todo_total = min(todo_total, spec.max_clips)
-    bar = tqdm(total=todo_total, desc="annotate", unit="clip")
-    annotated = skipped = frames_done = 0
-    timings: dict[str, float] = {}
-    for video, fps, windows in plans:
-        caption = caption_for(video, captions)
-        if caption is None:
-            uncaptioned.append(video.name)
-            caption = ""
-        budget = None if spec.max_clips is None else spec.max_clips - annotated - skipped - failed
-        if budget is not None and budget <= 0:
-            break
-        windows = windows[:budget] if budget is not None else windows
-        ids = [f"{prefixes[video]}-{start:06d}" for start, _ in windows]
-        todo = [(start, length) if not _finished(out, cid, modalities) else None for cid, (start, length) in zip(ids, windows)]
-        skipped += sum(t is None for t in todo)
-        bar.update(sum(t is None for t in todo))
-        wanted = [(i, w) for i, w in enumerate(todo) if w is not None]
-        if not wanted:
-            continue
-        stream = iter_windows(_video_frames(video, spec.step, spec.size), [w for _, w in wanted], lookahead,
-                              whole=spec.frames is None)
-        done = set()
-        try:
-            for k, frames in stream:
-                index, (start, length) = wanted[k]
-                cid = ids[index]
-                try:
-                    raws, meta = annotate_clip(frames, min(length, len(frames)), teachers, timings)
-                    meta.update({"source": str(video), "start_frame": start * spec.step, "step": spec.step,
-                                 "captioned": bool(caption)})
-                    row = {"clip_id": cid, "split": spec.split, "index": index, "caption": caption,
-                           "source": str(video), "start_frame": start * spec.step, "step": spec.step}
-                    _write_clip(out, cid, raws, meta, row, fps, spec.flow_max)
-                    annotated += 1
-                    frames_done += len(raws["rgb"])
-                except Exception as error:  # a bad clip is logged, counted and skipped, never fatal
-                    _log_failure(out, cid, video, error)
-                    failed += 1
-                done.add(k)
-                bar.update()
-        except VideoReadError as error:
-            _log_failure(out, prefixes[video], video, error)
-        missing = len(wanted) - len(done)
-        if missing:  # decoding stopped early or the video held fewer frames than probed
-            failed += missing
-            bar.update(missing)
-            log.warning("%s: %d clip(s) could not be read (the video ended early or failed to decode)", video, missing)
-    bar.close()
+    uncaptioned = []
+    with tqdm(total=todo_total, desc="annotate", unit="clip") as bar:
+        for plan in plans:
+            budget = None if spec.max_clips is None else spec.max_clips - tally.counted
+            if budget is not None and budget <= 0:
+                break
+            caption = caption_for(plan.video, captions)
+            if caption is None:
+                uncaptioned.append(plan.video.name)
+            windows = plan.windows if budget is None else plan.windows[:budget]
+            _annotate_windows(plan, windows, prefixes[plan.video], caption or "", spec, teachers, out, tally, bar)
     if uncaptioned:
         log.warning("%d video(s) have no caption%s and get an empty one: %s", len(uncaptioned),
                     f" in {spec.captions}" if spec.captions else " (pass --captions FILE)",
                     ", ".join(uncaptioned[:5]) + (" ..." if len(uncaptioned) > 5 else ""))
     manifest = rebuild_manifest(out)
-    return AnnotateResult(manifest, annotated, skipped, failed, time.perf_counter() - started, timings, frames_done)
+    return AnnotateResult(manifest, tally.annotated, tally.skipped, tally.failed, time.perf_counter() - started,
+                          tally.timings, tally.frames)
+
+
+def _plan_videos(videos: Sequence[Path], spec: AnnotateSpec, out: Path, tally: _Tally) -> list[_VideoPlan]:
+    """The clip windows of every readable video; an unreadable one is logged and counted as failed."""
+    plans = []
+    for video in videos:
+        try:
+            total, _, _, fps = probe_video(video)
+        except VideoReadError as error:
+            _log_failure(out, video.name, video, error)
+            tally.failed += 1
+            continue
+        windows = plan_windows(-(-total // spec.step), spec.frames, spec.stride)
+        if not windows:
+            log.warning("%s: %d frames (after --step %d) is shorter than one clip of %s frames; skipped",
+                        video, -(-total // spec.step), spec.step, spec.frames)
+        plans.append(_VideoPlan(video, (fps or 8.0) / spec.step, windows))
+    return plans
+
+
+def _annotate_windows(plan: _VideoPlan, windows: list[tuple[int, int]], prefix: str, caption: str,
+                      spec: AnnotateSpec, teachers: dict[str, Teacher], out: Path, tally: _Tally, bar: tqdm) -> None:
+    """Annotate and write the unfinished `windows` of one video, decoding it once; a clip that fails is
+    logged, counted and skipped, never fatal."""
+    modalities = list(teachers)
+    ids = [f"{prefix}-{start:06d}" for start, _ in windows]
+    wanted = [(i, w) for i, w in enumerate(windows) if not _finished(out, ids[i], modalities)]
+    tally.skipped += len(windows) - len(wanted)
+    bar.update(len(windows) - len(wanted))
+    if not wanted:
+        return
+    lookahead = max((t.lookahead for t in teachers.values()), default=0)
+    stream = iter_windows(_video_frames(plan.video, spec.step, spec.size), [w for _, w in wanted], lookahead,
+                          whole=spec.frames is None)
+    done = set()
+    try:
+        for k, frames in stream:
+            index, (start, length) = wanted[k]
+            try:
+                raws, meta = annotate_clip(frames, min(length, len(frames)), teachers, tally.timings)
+                origin = {"source": str(plan.video), "start_frame": start * spec.step, "step": spec.step}
+                meta.update(origin, captioned=bool(caption))
+                row = {"clip_id": ids[index], "split": spec.split, "index": index, "caption": caption, **origin}
+                _write_clip(out, ids[index], raws, meta, row, plan.fps, spec.flow_max)
+                tally.annotated += 1
+                tally.frames += len(raws["rgb"])
+            except Exception as error:  # a bad clip is logged, counted and skipped, never fatal
+                _log_failure(out, ids[index], plan.video, error)
+                tally.failed += 1
+            done.add(k)
+            bar.update()
+    except VideoReadError as error:
+        _log_failure(out, prefix, plan.video, error)
+    missing = len(wanted) - len(done)
+    if missing:  # decoding stopped early or the video held fewer frames than probed
+        tally.failed += missing
+        bar.update(missing)
+        log.warning("%s: %d clip(s) could not be read (the video ended early or failed to decode)", plan.video, missing)
 
 
 def _log_failure(out: Path, cid: str, video: Path, error: BaseException) -> None:

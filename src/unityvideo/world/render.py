@@ -214,6 +214,137 @@ def _densepose(prim: _Primitive, local: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- render
 
 
+@dataclass
+class _Rays:
+    """Primary rays of every pixel of frames 0..F (F + 1: the extra frame gives the last one's flow)."""
+
+    K: np.ndarray            # (3, 3) intrinsics
+    R_c2w: np.ndarray        # (T, 3, 3)
+    eye: np.ndarray          # (T, 3) camera centres
+    w2c: np.ndarray          # (T, 4, 4)
+    pix: np.ndarray          # (H * W, 2) pixel centres (x, y)
+    ray_len: np.ndarray      # (H * W,) length of the camera-space ray through each pixel at z = 1
+    dirs: np.ndarray         # (T, H * W, 3) unit world-space directions
+
+
+def _primary_rays(scene: Scene, times: np.ndarray, H: int, W: int) -> _Rays:
+    R_c2w, eye = camera_to_world(scene.camera, times)
+    K = intrinsics(scene.camera.fov, H, W)
+    rows, cols = np.mgrid[0:H, 0:W]
+    pix = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(F32)
+    d_cam = np.stack([(pix[:, 0] - K[0, 2]) / K[0, 0], (pix[:, 1] - K[1, 2]) / K[1, 1], np.ones(H * W)], 1)
+    ray_len = np.linalg.norm(d_cam, axis=1)
+    dirs = np.einsum("pk,tjk->tpj", (d_cam / ray_len[:, None]).astype(F32), R_c2w.astype(F32))
+    return _Rays(K, R_c2w, eye, world_to_camera(R_c2w, eye), pix, ray_len, dirs)
+
+
+def _cast_depth(prims: list[_Primitive], groups: list[_Group], rays: _Rays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t_hit, hit, depth) per frame and pixel (T, H * W): ray length, primitive id (SKY, GROUND, k)
+    and z-depth (inf for sky)."""
+    t_hit, hit = _cast_primary(prims, groups, rays.eye.astype(F32), rays.dirs)
+    # Far plane: the ground beyond it is sky (it has faded into the horizon haze by then), so every
+    # finite depth fits the depth encoding's precision.
+    ray_len = rays.ray_len[None].astype(F32)
+    beyond = (hit == GROUND) & (t_hit > FAR_PLANE * ray_len)
+    t_hit, hit = np.where(beyond, np.inf, t_hit).astype(t_hit.dtype), np.where(beyond, SKY, hit)
+    depth = np.where(hit == SKY, np.inf, t_hit / ray_len).astype(F32)
+    return t_hit, hit, depth
+
+
+@dataclass
+class _Surfaces:
+    """Per-pixel attributes of the surface each ray of frames 0..F-1 hits (N = F * H * W rows)."""
+
+    frame_of: np.ndarray     # (N,) frame index
+    t: np.ndarray            # (N,) ray length to the hit
+    dirs: np.ndarray         # (N, 3) ray direction
+    points: np.ndarray       # (N, 3) world-space hit point (the eye for sky)
+    members: dict            # primitive id (SKY, GROUND, k) -> its rows
+    normal: np.ndarray       # (N, 3)
+    albedo: np.ndarray       # (N, 3)
+    target: np.ndarray       # (N, 2) pixel position of the surface point at t+1
+    target_z: np.ndarray     # (N,) its camera depth at t+1
+    seg: np.ndarray          # (N,) instance id
+    dense: np.ndarray        # (N, 3) DensePose (I, U, V)
+
+
+def _surfaces(scene: Scene, prims: list[_Primitive], rays: _Rays, t_hit: np.ndarray, hit: np.ndarray,
+              frames: int) -> _Surfaces:
+    P = len(rays.pix)
+    N = frames * P
+    t_flat, hit_flat = t_hit[:frames].reshape(N), hit[:frames].reshape(N)
+    dirs = rays.dirs[:frames].reshape(N, 3)
+    frame_of = np.repeat(np.arange(frames), P)
+    points = rays.eye.astype(F32)[frame_of] + np.where(np.isfinite(t_flat), t_flat, 0)[:, None] * dirs
+    order = np.argsort(hit_flat, kind="stable")
+    bounds = np.searchsorted(hit_flat[order], np.arange(SKY, len(prims) + 1))
+    members = {k: order[bounds[k - SKY]:bounds[k - SKY + 1]] for k in range(SKY, len(prims))}
+    s = _Surfaces(frame_of, t_flat, dirs, points, members, normal=np.zeros((N, 3), F32),
+                  albedo=np.zeros((N, 3), F32), target=np.zeros((N, 2), F32), target_z=np.full(N, np.inf, F32),
+                  seg=np.zeros(N, np.uint8), dense=np.zeros((N, 3), F32))
+    _sky_surface(scene, rays, s, members[SKY])
+    _ground_surface(scene, rays, s, members[GROUND])
+    for k, prim in enumerate(prims):
+        _primitive_surface(prim, rays, s, members[k])
+    return s
+
+
+def _sky_surface(scene: Scene, rays: _Rays, s: _Surfaces, idx: np.ndarray) -> None:
+    if not len(idx):
+        return
+    up = np.clip(s.dirs[idx, 1], 0, 1)[:, None] ** 0.6
+    s.albedo[idx] = (1 - up) * np.asarray(scene.sky_horizon, F32) + up * np.asarray(scene.sky_top, F32)
+    # a point at infinity moves only with the camera's rotation
+    cam = np.einsum("nij,nj->ni", rays.w2c[s.frame_of[idx] + 1, :3, :3], s.dirs[idx])
+    ok = cam[:, 2] > 1e-6
+    z = np.where(ok, cam[:, 2], 1.0)
+    K = rays.K
+    s.target[idx] = np.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], 1)
+    s.target_z[idx] = np.where(ok, np.inf, -1.0)
+
+
+def _ground_surface(scene: Scene, rays: _Rays, s: _Surfaces, idx: np.ndarray) -> None:
+    if not len(idx):
+        return
+    s.normal[idx] = (0, 1, 0)
+    footprint = s.t[idx] / rays.K[0, 0] / np.maximum(-s.dirs[idx, 1], 0.08)
+    s.albedo[idx] = _ground_albedo(scene, s.points[idx], footprint)
+    s.target[idx], s.target_z[idx] = project(s.points[idx].astype(np.float64), rays.w2c[s.frame_of[idx] + 1], rays.K)
+
+
+def _primitive_surface(prim: _Primitive, rays: _Rays, s: _Surfaces, idx: np.ndarray) -> None:
+    if not len(idx):
+        return
+    f = s.frame_of[idx]
+    local = _to_local(prim, f, s.points[idx])
+    s.normal[idx] = _to_world(prim, f, raycast.normal(prim.kind, prim.size, local), translate=False)
+    s.albedo[idx] = _object_albedo(prim, local)
+    s.seg[idx] = prim.instance
+    if prim.densepose:
+        s.dense[idx] = _densepose(prim, local)
+    moved = _to_world(prim, f + 1, local)
+    s.target[idx], s.target_z[idx] = project(moved.astype(np.float64), rays.w2c[f + 1], rays.K)
+
+
+def _shade(scene: Scene, prims: list[_Primitive], groups: list[_Group], s: _Surfaces) -> np.ndarray:
+    """uint8 (N, 3) colours: ambient + Lambertian sun light with cast shadows; sky as is; far ground hazed."""
+    sky, ground = s.members[SKY], s.members[GROUND]
+    light = np.asarray(scene.light, F32)
+    lambert = np.clip(s.normal @ light, 0, None)
+    lambert[sky] = 0
+    if scene.shadows:
+        lit = np.nonzero(lambert > 0)[0]
+        blocked = _shadowed(prims, groups, s.frame_of[lit], s.points[lit] + SHADOW_BIAS * s.normal[lit], light)
+        lambert[lit[blocked]] = 0
+    shade = 0.40 * (0.85 + 0.15 * s.normal[:, 1]) + 0.72 * lambert
+    colour = s.albedo * shade[:, None]
+    colour[sky] = s.albedo[sky]
+    if len(ground):  # aerial perspective: the far ground fades into the horizon
+        haze = (1 - np.exp(-s.t[ground] / 60.0))[:, None]
+        colour[ground] = colour[ground] * (1 - haze) + np.asarray(scene.sky_horizon, F32) * haze
+    return np.clip(np.round(colour * 255), 0, 255).astype(np.uint8)
+
+
 def render_clip(scene: Scene, frames: int, size: tuple[int, int] = (64, 64), fps: float | None = None) -> WorldClip:
     """Render `frames` frames of `scene` at `size` = (H, W) and `fps` (default: the scene's)."""
     if frames < 1:
@@ -222,116 +353,33 @@ def render_clip(scene: Scene, frames: int, size: tuple[int, int] = (64, 64), fps
     if H < 2 or W < 2:
         raise ValueError(f"render_clip: size must be at least (2, 2), got {size}")
     fps = float(fps or scene.fps)
-    T = frames + 1
-    times = np.arange(T) / fps
-
-    R_c2w, eye = camera_to_world(scene.camera, times)
-    K = intrinsics(scene.camera.fov, H, W)
-    w2c = world_to_camera(R_c2w, eye)
+    times = np.arange(frames + 1) / fps
+    rays = _primary_rays(scene, times, H, W)
     traj = simulate([o.body for o in scene.objects], times, max_dt=1 / 60)
     poses = [pose_humanoid(p, times) for p in scene.persons]
     prims, groups, instances = _build_primitives(scene, traj, poses)
+    t_hit, hit, depth_all = _cast_depth(prims, groups, rays)
+    s = _surfaces(scene, prims, rays, t_hit, hit, frames)
+    rgb = _shade(scene, prims, groups, s)
 
-    rows, cols = np.mgrid[0:H, 0:W]
-    pix = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(F32)       # (P, 2) as (x, y)
-    d_cam = np.stack([(pix[:, 0] - K[0, 2]) / K[0, 0], (pix[:, 1] - K[1, 2]) / K[1, 1], np.ones(H * W)], 1)
-    ray_len = np.linalg.norm(d_cam, axis=1)
-    dirs = np.einsum("pk,tjk->tpj", (d_cam / ray_len[:, None]).astype(F32), R_c2w.astype(F32))  # (T, P, 3)
-    eye32 = eye.astype(F32)
-
-    t_hit, hit = _cast_primary(prims, groups, eye32, dirs)
-    # Far plane: the ground beyond it is sky (it has faded into the horizon haze by then), so every
-    # finite depth fits the depth encoding's precision.
-    beyond = (hit == GROUND) & (t_hit > FAR_PLANE * ray_len[None].astype(F32))
-    t_hit, hit = np.where(beyond, np.inf, t_hit).astype(t_hit.dtype), np.where(beyond, SKY, hit)
-    depth_all = np.where(hit == SKY, np.inf, t_hit / ray_len[None].astype(F32)).astype(F32)  # (T, P)
-
-    P, N = H * W, frames * H * W
-    t_flat, hit_flat = t_hit[:frames].reshape(N), hit[:frames].reshape(N)
-    dirs_flat = dirs[:frames].reshape(N, 3)
-    frame_of = np.repeat(np.arange(frames), P)
-    points = eye32[frame_of] + np.where(np.isfinite(t_flat), t_flat, 0)[:, None] * dirs_flat
-
-    normal = np.zeros((N, 3), F32)
-    albedo = np.zeros((N, 3), F32)
-    target = np.zeros((N, 2), F32)       # pixel position of the surface point at t+1
-    target_z = np.full(N, np.inf, F32)   # its camera depth at t+1
-    seg = np.zeros(N, np.uint8)
-    dense = np.zeros((N, 3), F32)
-
-    order = np.argsort(hit_flat, kind="stable")
-    bounds = np.searchsorted(hit_flat[order], np.arange(SKY, len(prims) + 1))
-    members = {k: order[bounds[k - SKY]:bounds[k - SKY + 1]] for k in range(SKY, len(prims))}
-
-    sky = members[SKY]
-    if len(sky):
-        up = np.clip(dirs_flat[sky, 1], 0, 1)[:, None] ** 0.6
-        albedo[sky] = (1 - up) * np.asarray(scene.sky_horizon, F32) + up * np.asarray(scene.sky_top, F32)
-        # a point at infinity moves only with the camera's rotation
-        cam = np.einsum("nij,nj->ni", w2c[frame_of[sky] + 1, :3, :3], dirs_flat[sky])
-        ok = cam[:, 2] > 1e-6
-        z = np.where(ok, cam[:, 2], 1.0)
-        target[sky] = np.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], 1)
-        target_z[sky] = np.where(ok, np.inf, -1.0)
-
-    ground = members[GROUND]
-    if len(ground):
-        normal[ground] = (0, 1, 0)
-        footprint = t_flat[ground] / K[0, 0] / np.maximum(-dirs_flat[ground, 1], 0.08)
-        albedo[ground] = _ground_albedo(scene, points[ground], footprint)
-        xy, z = project(points[ground].astype(np.float64), w2c[frame_of[ground] + 1], K)
-        target[ground], target_z[ground] = xy, z
-
-    for k, prim in enumerate(prims):
-        idx = members[k]
-        if len(idx) == 0:
-            continue
-        f = frame_of[idx]
-        local = _to_local(prim, f, points[idx])
-        normal[idx] = _to_world(prim, f, raycast.normal(prim.kind, prim.size, local), translate=False)
-        albedo[idx] = _object_albedo(prim, local)
-        seg[idx] = prim.instance
-        if prim.densepose:
-            dense[idx] = _densepose(prim, local)
-        moved = _to_world(prim, f + 1, local)
-        xy, z = project(moved.astype(np.float64), w2c[f + 1], K)
-        target[idx], target_z[idx] = xy, z
-
-    light = np.asarray(scene.light, F32)
-    lambert = np.clip(normal @ light, 0, None)
-    lambert[sky] = 0
-    if scene.shadows:
-        lit = np.nonzero(lambert > 0)[0]
-        blocked = _shadowed(prims, groups, frame_of[lit], points[lit] + SHADOW_BIAS * normal[lit], light)
-        lambert[lit[blocked]] = 0
-    shade = 0.40 * (0.85 + 0.15 * normal[:, 1]) + 0.72 * lambert
-    colour = albedo * shade[:, None]
-    colour[sky] = albedo[sky]
-    if len(ground):  # aerial perspective: the far ground fades into the horizon
-        haze = (1 - np.exp(-t_flat[ground] / 60.0))[:, None]
-        colour[ground] = colour[ground] * (1 - haze) + np.asarray(scene.sky_horizon, F32) * haze
-    rgb = np.clip(np.round(colour * 255), 0, 255).astype(np.uint8)
-
-    flow = target - pix[np.tile(np.arange(P), frames)]
-    valid = _flow_valid(target, target_z, frame_of, depth_all, H, W)
-    skeleton = _keypoints(poses, w2c, K, seg.reshape(frames, H, W), depth_all[:frames].reshape(frames, H, W),
-                          [g.instance for g in groups[len(scene.objects):]])
-
+    flow = s.target - rays.pix[np.tile(np.arange(H * W), frames)]
+    valid = _flow_valid(s.target, s.target_z, s.frame_of, depth_all, H, W)
     person_ids = [g.instance for g in groups[len(scene.objects):]]
-    caption = describe_scene(scene, traj, R_c2w, eye)
+    depth = depth_all[:frames].reshape(frames, H, W)
+    skeleton = _keypoints(poses, rays.w2c, rays.K, s.seg.reshape(frames, H, W), depth, person_ids)
     return WorldClip(
         rgb=rgb.reshape(frames, H, W, 3),
-        depth=depth_all[:frames].reshape(frames, H, W),
+        depth=depth,
         flow=flow.reshape(frames, H, W, 2).astype(F32),
         flow_valid=valid.reshape(frames, H, W),
-        segmentation=seg.reshape(frames, H, W),
+        segmentation=s.seg.reshape(frames, H, W),
         skeleton=skeleton,
-        densepose=dense.reshape(frames, H, W, 3),
-        caption=caption,
+        densepose=s.dense.reshape(frames, H, W, 3),
+        caption=describe_scene(scene, traj, rays.R_c2w, rays.eye),
         instances=instances,
         person_ids=person_ids,
-        intrinsics=K.astype(F32),
-        world_to_camera=w2c[:frames].astype(F32),
+        intrinsics=rays.K.astype(F32),
+        world_to_camera=rays.w2c[:frames].astype(F32),
         meta=_meta(scene, traj, fps, frames),
     )
 
