@@ -8,8 +8,9 @@ through a lossless video file is (near-)exact and a model's imperfect output sti
     flow          R, G = 128 + 127.5 * clip(dx|dy / max_flow, -1, 1), B = 128;
                   max_flow defaults to max(H, W) / 8 pixels
     segmentation  fixed 64-colour palette on the {0, 85, 170, 255}^3 grid, id 0 = black
-    skeleton      COCO-17 limbs as lines (dim colours), then joints as discs (bright colours);
-                  decoded by joining joint blobs along the skeleton graph
+    skeleton      COCO-17 limbs as lines, then joints as discs, coloured by a body code (height in
+                  a standing pose, side) read from channel ratios; decoded where each joint's code
+                  matches best, people split along the skeleton tree
     densepose     part I as a cell of a 5x5 grid over (R, G) (cell centres 57.75 apart), U and V as
                   offsets of +-12 inside the cell, B = 255 on the body; background black
 
@@ -25,13 +26,13 @@ import numpy as np
 
 from .pictures import Frames, RawArray, check_frames, check_raw, farthest_point_order, grid_colour, grid_index, \
     grid_palette_index, to_uint8
-from .skeleton_picture import (COCO_JOINTS, COCO_LIMBS, SKELETON_JOINT_COLOURS, SKELETON_LIMB_COLOURS, decode_skeleton,
+from .skeleton_picture import (COCO_JOINTS, COCO_LIMBS, SKELETON_CODES, SKELETON_JOINT_COLOURS, decode_skeleton,
                                encode_skeleton, skeleton_radius, visualize_skeleton)
 
 __all__ = [
     "Modality", "MODALITIES", "MODALITY_NAMES", "STAGE1_MODALITIES", "STREAM_NAMES",
     "get_modality", "canonical_name", "depth_near", "default_max_flow", "picture_hints", "skeleton_radius",
-    "SEGMENTATION_PALETTE", "SKELETON_JOINT_COLOURS", "SKELETON_LIMB_COLOURS", "COCO_JOINTS", "COCO_LIMBS",
+    "SEGMENTATION_PALETTE", "SKELETON_JOINT_COLOURS", "SKELETON_CODES", "COCO_JOINTS", "COCO_LIMBS",
     "flow_to_colour", "DENSEPOSE_CELL_STEP", "DENSEPOSE_UV_SPAN", "ENCODING_VERSIONS", "check_encodings", "stale_encodings",
 ]
 
@@ -299,8 +300,9 @@ class Modality:
     prompt: the in-context modality prompt C_m; pixel_aligned: curriculum stage 1 (the modality is a
     dense per-pixel function of the frame); categorical: resample with nearest neighbour; version: of the
     picture format, raised whenever encode changes, so that data and checkpoints made with another
-    format are refused instead of misread (densepose 2: the grid code, 1 was R = 10 I; skeleton 2: joint
-    discs of radius min(H, W) / 32, 1 had / 64).
+    format are refused instead of misread (densepose 2: the grid code, 1 was R = 10 I; skeleton 3: the
+    body-code colours, 2 had a fixed colour per joint and limb with joint discs of radius min(H, W) / 32,
+    1 with / 64).
     """
 
     name: str
@@ -354,7 +356,7 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (
              combine_fn=_combine_medoid),
     Modality("skeleton", aliases=("pose", "keypoints"), prompt="human skeleton", pixel_aligned=False,
              categorical=True, encode_fn=encode_skeleton, decode_fn=decode_skeleton,
-             visualize_fn=visualize_skeleton, combine_fn=_combine_medoid, version=2),
+             visualize_fn=visualize_skeleton, combine_fn=_combine_medoid, version=3),
     Modality("densepose", aliases=("iuv",), prompt="densepose", pixel_aligned=True, categorical=True,
              encode_fn=_encode_densepose, decode_fn=_decode_densepose, visualize_fn=_visualize_densepose,
              combine_fn=_combine_densepose, version=2),

@@ -1,40 +1,68 @@
-"""The skeleton picture: COCO-17 limbs as lines in dim colours, then joints as discs in bright colours,
-every colour on the {0, 85, 170, 255}^3 grid; decoded by joining joint blobs along the skeleton graph.
-Registered as the `skeleton` modality in `unityvideo.modalities`."""
+"""The skeleton picture (format 3): a body-coordinate field, which a regression can learn.
+
+Every drawn pixel says where on a standing body it lies: v, the height of the joint in a standing pose
+(0 head, 1 ankles), and s, its side (+1 the person's left, -1 right, 0 centre). Joints are discs of
+their own (v, s); limbs are lines whose (v, s) runs from one end joint's to the other's. The colour is
+(1 - v, v, (1 + s) / 2) scaled so its largest channel is 255, and the code is read back from ratios of
+channels. So a dimmed colour (a regression unsure whether a line is there) keeps its meaning and a
+blurred one (unsure where it is) means a nearby part of the body, where format 2's arbitrary joint
+colours averaged to a colour of no joint (docs/world.md measures both).
+
+Decoded per connected drawing: each joint where its code is matched best; a drawing with several
+people (the most common number of separate exact matches over the joints) is split along the skeleton
+tree. Registered as the `skeleton` modality in `unityvideo.modalities`.
+"""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
 
-from .pictures import Frames, RawArray, check_frames, check_raw, farthest_point_order, grid_colour, grid_index, \
-    grid_palette_index
+from .pictures import Frames, RawArray, check_frames, check_raw
 
 COCO_JOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
                "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
                "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
 COCO_LIMBS = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
               (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+_NEIGHBOURS = {j: [b if a == j else a for a, b in COCO_LIMBS if j in (a, b)] for j in range(17)}
 
-# Joints are bright (a channel at 255), limbs dim (max channel 170): all 36 + black lie on the
-# 85-step grid, so any two are >= 85 apart and a pixel is classified by per-channel rounding.
-_BRIGHT = [grid_colour(i) for i in range(64) if max(grid_colour(i)) == 255 and grid_colour(i) != (255, 255, 255)]
-SKELETON_JOINT_COLOURS = np.array(farthest_point_order(_BRIGHT, [(0, 0, 0), (255, 255, 255)])[:17], np.uint8)
-SKELETON_LIMB_COLOURS = np.array([grid_colour(i) for i in range(64) if max(grid_colour(i)) == 170], np.uint8)
-assert len(SKELETON_LIMB_COLOURS) == len(COCO_LIMBS)
+# (v, s) of each COCO joint. Arms sit at |s| = 1 and hips and legs at 0.5, so a wrist hanging beside
+# a hip keeps a code of its own; any two joints are >= 0.16 apart in the decoder's distance (ears and
+# shoulders; eight times the rounding of a uint8 colour). The eyes sit below the nose so that the line
+# between them does not pass through the nose's code.
+SKELETON_CODES = np.array([(0.0, 0.0), (0.08, 0.5), (0.08, -0.5), (0.04, 1.0), (0.04, -1.0),
+                           (0.2, 1.0), (0.2, -1.0), (0.4, 1.0), (0.4, -1.0), (0.6, 1.0), (0.6, -1.0),
+                           (0.5, 0.5), (0.5, -0.5), (0.75, 0.5), (0.75, -0.5), (1.0, 0.5), (1.0, -0.5)])
+SIDE_WEIGHT = 0.5      # s spans [-1, 1], v [0, 1]: the decoder's distance weighs s by half
+DRAWN_LEVEL = 40       # a pixel whose largest channel is below this is background
+EXACT_MATCH = 0.02     # code distance of a pixel painted with the joint's own colour (uint8 rounding)
+NEAR_MATCH = 0.04      # a joint's pixels: within this of its best match in the drawing ...
+FAR_MATCH = 0.1        # ... unless even that is further than this: the joint is missing (the codes of
+                       # other joints and of limbs not ending at it lie >= 0.12 from its own)
+LIMB_MARGIN = 0.03     # limb codes stay this far from their end joints' (> EXACT_MATCH)
+_IN_FRAME = np.ones((3, 3), bool)  # 8-connectivity
 
-# Pixel classes of the skeleton picture: -1 background, 0..16 joints, 17 unknown colour, 18.. limbs.
-_SKELETON_BACKGROUND, _SKELETON_OTHER, _SKELETON_LIMB0 = -1, 17, 18
-_SKELETON_LUT = np.full(64, _SKELETON_OTHER, np.int64)  # grid index -> pixel class
-_SKELETON_LUT[0] = _SKELETON_BACKGROUND
-for _j, _colour in enumerate(SKELETON_JOINT_COLOURS):
-    _SKELETON_LUT[grid_index(tuple(int(c) for c in _colour))] = _j
-for _l, _colour in enumerate(SKELETON_LIMB_COLOURS):
-    _SKELETON_LUT[grid_index(tuple(int(c) for c in _colour))] = _SKELETON_LIMB0 + _l
-_IN_FRAME = np.zeros((3, 3, 3), bool)  # 8-connectivity inside a frame, none across frames
-_IN_FRAME[1] = True
+
+def code_colours(codes: np.ndarray) -> np.ndarray:
+    """(..., 2) body codes (v, s) -> uint8 (..., 3) colours."""
+    v, side = codes[..., 0], codes[..., 1]
+    weights = np.stack([1 - v, v, (1 + side) / 2], -1)
+    return np.rint(255 * weights / weights.max(-1, keepdims=True)).astype(np.uint8)
+
+
+def colour_codes(frames: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) colours -> float32 (..., 2) body codes; brightness does not matter."""
+    c = frames.astype(np.float32)
+    red_green = np.maximum(c[..., 0] + c[..., 1], 1e-3)
+    return np.stack([c[..., 1] / red_green, 2 * c[..., 2] / red_green - 1], -1)
+
+
+SKELETON_JOINT_COLOURS = code_colours(SKELETON_CODES)
 
 
 def skeleton_radius(height: int, width: int) -> int:
@@ -78,17 +106,24 @@ def _stamp(canvas: np.ndarray, frame: np.ndarray, centres_yx: np.ndarray, colour
 
 
 def _limb_samples(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points every 1/2 pixel along every drawable limb (both ends v >= 1): frame, (y, x), colour."""
-    frames, people, limbs = np.nonzero(
-        (skeleton[:, :, [a for a, _ in COCO_LIMBS], 2] >= 1) & (skeleton[:, :, [b for _, b in COCO_LIMBS], 2] >= 1))
-    start = skeleton[frames, people, np.array([a for a, _ in COCO_LIMBS])[limbs], :2]
-    end = skeleton[frames, people, np.array([b for _, b in COCO_LIMBS])[limbs], :2]
+    """Points every 1/2 pixel along every drawable limb (both ends v >= 1): frame, (y, x), body code
+    (interpolated between the end joints')."""
+    starts, ends = np.array([a for a, _ in COCO_LIMBS]), np.array([b for _, b in COCO_LIMBS])
+    frames, people, limbs = np.nonzero((skeleton[:, :, starts, 2] >= 1) & (skeleton[:, :, ends, 2] >= 1))
+    start = skeleton[frames, people, starts[limbs], :2]
+    end = skeleton[frames, people, ends[limbs], :2]
     steps = np.ceil(np.linalg.norm(end - start, axis=1) * 2).astype(np.int64) + 1
     owner = np.repeat(np.arange(len(limbs)), steps)
     first = np.cumsum(steps) - steps
-    fraction = (np.arange(steps.sum()) - first[owner]) / np.maximum(steps[owner] - 1, 1)
-    xy = start[owner] + fraction[:, None] * (end[owner] - start[owner])
-    return frames[owner], xy[:, ::-1], SKELETON_LIMB_COLOURS[limbs[owner]]
+    fraction = ((np.arange(steps.sum()) - first[owner]) / np.maximum(steps[owner] - 1, 1))[:, None]
+    xy = start[owner] + fraction * (end[owner] - start[owner])
+    code_a, code_b = SKELETON_CODES[starts[limbs]][owner], SKELETON_CODES[ends[limbs]][owner]
+    # The code runs from LIMB_MARGIN past one end's to LIMB_MARGIN short of the other's, so no limb pixel
+    # passes for a joint disc (which would pull the decoded joint along the limb).
+    span = _code_gap(code_b - code_a)
+    margin = np.minimum(LIMB_MARGIN / np.maximum(span, 1e-6), 0.25)[:, None]
+    along = margin + (1 - 2 * margin) * fraction
+    return frames[owner], xy[:, ::-1], code_a * (1 - along) + code_b * along
 
 
 def encode_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **_: Any) -> Frames:
@@ -102,7 +137,8 @@ def encode_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **_: Any
     radius = skeleton_radius(height, width)
     canvas = np.zeros((skeleton.shape[0], height, width, 3), np.uint8)
     # Limbs first (a line = a dense row of small discs), then the body joints, then the face joints.
-    _stamp(canvas, *_limb_samples(skeleton), radius=max(0.5, radius / 2))
+    frames, centres, codes = _limb_samples(skeleton)
+    _stamp(canvas, frames, centres, code_colours(codes), radius=max(0.5, radius / 2))
     body = [j for j in range(17) if j not in SKELETON_FACE_JOINTS]
     for joints in (body, *([j] for j in reversed(SKELETON_FACE_JOINTS))):
         frames, people, which = np.nonzero(skeleton[:, :, joints, 2] >= 1)
@@ -112,144 +148,135 @@ def encode_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **_: Any
     return canvas
 
 
-def _label_classes(classes: np.ndarray, wanted: range) -> tuple[np.ndarray, np.ndarray]:
-    """One id map of the 8-connected blobs of every class in `wanted` (ids global over classes and
-    frames, 0 = none) and the class of each id."""
-    ids = np.zeros(classes.shape, np.int64)
-    kinds = [-1]
-    for kind in wanted:
-        labels, count = ndimage.label(classes == kind, structure=_IN_FRAME)
-        ids[labels > 0] = labels[labels > 0] + len(kinds) - 1
-        kinds += [kind] * count
-    return ids, np.array(kinds)
+# ----------------------------------------------------------------------------- decoding
+
+def _code_gap(gap: np.ndarray) -> np.ndarray:
+    """Length of (..., 2) differences of body codes, s weighed by SIDE_WEIGHT."""
+    return np.sqrt(gap[..., 0] ** 2 + (SIDE_WEIGHT * gap[..., 1]) ** 2)
 
 
-def _touching(ids_a: np.ndarray, ids_b: np.ndarray) -> np.ndarray:
-    """Unique (a, b) id pairs of blobs in `ids_a` that touch blobs in `ids_b` (3x3 neighbourhood),
-    with the number of touching pixels; sorted by that count, largest first."""
-    grown = ndimage.maximum_filter(ids_a, size=(1, 3, 3))
-    where = (grown > 0) & (ids_b > 0) & (grown != ids_b)
-    if not where.any():
-        return np.zeros((0, 3), np.int64)
-    pairs, counts = np.unique(np.stack([grown[where], ids_b[where]], 1), axis=0, return_counts=True)
-    order = np.argsort(-counts, kind="stable")
-    return np.concatenate([pairs[order], counts[order, None]], axis=1)
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        self.parent[self.find(i)] = self.find(j)
+def _code_distance(frames: np.ndarray) -> np.ndarray:
+    """(F, H, W, 17) distance of each pixel's body code to each joint's."""
+    return _code_gap(colour_codes(frames)[..., None, :] - SKELETON_CODES.astype(np.float32))
 
 
 @dataclass
-class _JointBlobs:
-    """The 8-connected blobs of each joint colour in a skeleton picture (index 0 = none)."""
+class _Drawing:
+    """One connected drawing of one frame: its pixels, their brightness and code distances."""
 
-    ids: np.ndarray        # (F, H, W) blob id per pixel
-    kind: np.ndarray       # joint index of each blob
-    count: np.ndarray      # pixels per blob
-    x: np.ndarray          # centroid per blob
-    y: np.ndarray
-    frame: np.ndarray      # frame index per blob
-    region: np.ndarray     # non-black region id per blob
-    pixels: list           # (y, x) pixels per blob
-    valid: np.ndarray      # large enough, in a large enough region
+    ys: np.ndarray
+    xs: np.ndarray
+    level: np.ndarray        # largest channel per pixel
+    distance: np.ndarray     # (pixels, 17)
+    classes: np.ndarray      # the frame's (H, W) map: joint where painted exactly, 17 other, -1 background
+    radius: int
 
 
-def _joint_blobs(classes: np.ndarray, radius: int) -> _JointBlobs:
-    regions, n_regions = ndimage.label(classes != _SKELETON_BACKGROUND, structure=_IN_FRAME)
-    disc_area = len(_disc_offsets(radius))
-    # Small thresholds: nearest-neighbour downscaling may leave only a few pixels of a disc.
-    region_ok = np.bincount(regions.ravel(), minlength=n_regions + 1) >= max(2, disc_area // 4)
-    region_ok[0] = False
-    ids, kind = _label_classes(classes, range(17))
-    n_blobs = len(kind)
-    f_idx, rows, cols = np.nonzero(ids)
-    blob = ids[f_idx, rows, cols]
-    count = np.bincount(blob, minlength=n_blobs)
-    frame, region = np.zeros(n_blobs, np.int64), np.zeros(n_blobs, np.int64)
-    frame[blob] = f_idx
-    region[blob] = regions[f_idx, rows, cols]
-    order = np.argsort(blob, kind="stable")
-    pixels = np.split(np.stack([rows, cols], 1)[order], np.cumsum(count)[:-1])
-    valid = (count >= max(1, disc_area // 8)) & region_ok[region]
-    valid[0] = False
-    return _JointBlobs(ids, kind, count, x=np.bincount(blob, weights=cols, minlength=n_blobs) / np.maximum(count, 1),
-                       y=np.bincount(blob, weights=rows, minlength=n_blobs) / np.maximum(count, 1),
-                       frame=frame, region=region, pixels=pixels, valid=valid)
+def _candidates(drawing: _Drawing, joint: int) -> list[tuple[float, float, float]]:
+    """Where `joint` may be in the drawing, as (pixels, x, y) per separate group of its best-matching
+    pixels (pieces closer than a disc's width are one group: noise breaks a disc into pieces); a group
+    of exact matches is located by its disc centre (`_disc_centre`)."""
+    distance = drawing.distance[:, joint]
+    best = distance.min()
+    if best > FAR_MATCH:
+        return []
+    exact = best < EXACT_MATCH
+    chosen = distance < EXACT_MATCH if exact else distance <= best + NEAR_MATCH
+    ys, xs, level = drawing.ys[chosen], drawing.xs[chosen], drawing.level[chosen]
+    mask = np.zeros(drawing.classes.shape, bool)
+    mask[ys, xs] = True
+    pieces = ndimage.label(mask, structure=_IN_FRAME)[0][ys, xs]
+    groups = _nearby_pieces(pieces, ys, xs, 2 * drawing.radius + 1)
+    found = []
+    for group in range(groups.max() + 1):
+        here = groups == group
+        weight = level[here]
+        y, x = np.dot(weight, ys[here]) / weight.sum(), np.dot(weight, xs[here]) / weight.sum()
+        if exact:
+            pixels = np.stack([ys[here], xs[here]], 1)
+            y, x = _disc_centre(drawing.classes, pixels, _joint_radius(joint, drawing.radius), (y, x))
+        found.append((float(here.sum()), float(x), float(y)))
+    return found
 
 
-def _people_of(blobs: _JointBlobs, classes: np.ndarray) -> list[list[int]]:
-    """Valid joint blobs grouped into persons: joined along the skeleton graph (two joint discs that
-    touch, or a limb line touching both ends), then left-over fragments merged (`_merge_fragments`)."""
-    groups = _UnionFind(len(blobs.kind))
-    limb_ends = {frozenset(limb) for limb in COCO_LIMBS}
-    valid, kind = blobs.valid, blobs.kind
-    for a, b, _count in _touching(blobs.ids, blobs.ids):
-        if valid[a] and valid[b] and frozenset((kind[a], kind[b])) in limb_ends:
-            groups.union(int(a), int(b))
-    limb_ids, limb_kind = _label_classes(classes, range(_SKELETON_LIMB0, _SKELETON_LIMB0 + len(COCO_LIMBS)))
-    best_end: dict[tuple[int, int], int] = {}  # (limb blob, joint kind) -> the joint blob it touches most
-    for line, joint, _count in _touching(limb_ids, blobs.ids):
-        if valid[joint] and kind[joint] in COCO_LIMBS[limb_kind[line] - _SKELETON_LIMB0]:
-            best_end.setdefault((int(line), int(kind[joint])), int(joint))
-    for (line, end), joint in best_end.items():
-        other = [j for (l2, k2), j in best_end.items() if l2 == line and k2 != end]
-        if other:
-            groups.union(joint, other[0])
-    members: dict[int, list[int]] = {}
-    for b in np.nonzero(valid)[0]:
-        members.setdefault(groups.find(int(b)), []).append(int(b))
-    return _merge_fragments(list(members.values()), kind, blobs.region, blobs.x, blobs.y)
+def _nearby_pieces(pieces: np.ndarray, ys: np.ndarray, xs: np.ndarray, reach: float) -> np.ndarray:
+    """Group id (0..) per pixel: pieces (labels 1..) join, largest first, the first group whose first
+    piece's centroid lies within `reach` pixels of theirs."""
+    sizes = np.bincount(pieces)
+    centres = np.stack([np.bincount(pieces, ys), np.bincount(pieces, xs)], 1) / np.maximum(sizes, 1)[:, None]
+    group_of = np.zeros(len(sizes), np.int64)
+    heads: list[int] = []
+    for piece in np.argsort(-sizes[1:], kind="stable") + 1:
+        near = [g for g, head in enumerate(heads) if np.hypot(*(centres[piece] - centres[head])) <= reach]
+        if near:
+            group_of[piece] = near[0]
+        else:
+            group_of[piece] = len(heads)
+            heads.append(int(piece))
+    return group_of[pieces]
 
 
-def _person_keypoints(group: list[int], blobs: _JointBlobs, classes: np.ndarray, radius: int) -> np.ndarray:
-    """(17, 3) keypoints of one person: per joint, the disc centre of its largest blob and nearby
-    pieces of the same colour (another disc may have cut it)."""
-    person = np.zeros((17, 3), np.float32)
-    for kind in set(int(blobs.kind[b]) for b in group):
-        pieces = [b for b in group if blobs.kind[b] == kind]
-        main = max(pieces, key=lambda b: blobs.count[b])
-        near = [b for b in pieces if np.hypot(blobs.x[b] - blobs.x[main], blobs.y[b] - blobs.y[main]) <= 2 * radius + 1]
-        weight = blobs.count[near]
-        centroid = (np.dot(weight, blobs.y[near]) / weight.sum(), np.dot(weight, blobs.x[near]) / weight.sum())
-        pixels = np.concatenate([blobs.pixels[b] for b in near])
-        y, x = _disc_centre(classes[blobs.frame[main]], pixels, _joint_radius(kind, radius), centroid)
-        person[kind] = (x, y, 2.0)
-    return person
+def _people(candidates: list[list[tuple[float, float, float]]]) -> np.ndarray:
+    """(people, 17, 3) keypoints of one drawing. The number of people is the most common number of
+    candidates over the joints that have any; with one, each joint takes its largest candidate; with
+    several, joints are assigned along the skeleton tree (each child's candidates to the people by
+    distance to the parent), starting from the joint with that many candidates and the most pixels."""
+    counts = np.array([len(c) for c in candidates])
+    if not counts.any():
+        return np.zeros((0, 17, 3), np.float32)
+    n_people = int(np.median(counts[counts > 0]))
+    people = np.zeros((max(n_people, 1), 17, 3), np.float32)
+    if n_people <= 1:
+        for joint, found in enumerate(candidates):
+            if found:
+                _, x, y = max(found)
+                people[0, joint] = (x, y, 2)
+        return people
+    root = max((j for j in range(17) if counts[j] == n_people), key=lambda j: sum(a for a, _, _ in candidates[j]))
+    for p, (_, x, y) in enumerate(candidates[root]):
+        people[p, root] = (x, y, 2)
+    seen, queue = {root}, deque([root])
+    while queue:
+        parent = queue.popleft()
+        for child in _NEIGHBOURS[parent]:
+            if child in seen:
+                continue
+            seen.add(child)
+            queue.append(child)
+            placed = np.nonzero(people[:, parent, 2] > 0)[0]
+            if not candidates[child] or not len(placed):
+                continue
+            points = np.array([(x, y) for _, x, y in candidates[child]])
+            cost = np.linalg.norm(people[placed, None, parent, :2] - points[None], axis=-1)
+            for row, col in zip(*linear_sum_assignment(cost)):
+                people[placed[row], child] = (*points[col], 2)
+    return people
 
 
 def decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> RawArray:
-    """Skeleton picture -> keypoints (F, P, 17, 3), persons sorted by mean x, missing joints (0, 0, 0).
-
-    Each joint is a blob of its colour; blobs are joined into persons along the skeleton graph (a
-    limb-coloured line touching both end joints, or the two joint discs touching), and left-over
-    fragments join the nearest person of the same non-black region that lacks their joints. So
-    persons whose drawings touch stay apart. Joint = centroid of its blob (plus nearby pieces of the
-    same colour, when another disc cut it); tiny blobs and regions are dropped as noise.
-    """
+    """Skeleton picture -> keypoints (F, P, 17, 3), persons sorted by mean x, missing joints (0, 0, 0)."""
     frames = check_frames(frames, "skeleton")
     n_frames, height, width, _ = frames.shape
     radius = skeleton_radius(height, width)
-    classes = _SKELETON_LUT[grid_palette_index(frames)]
-    blobs = _joint_blobs(classes, radius)
-    people_per_frame: list[list[np.ndarray]] = [[] for _ in range(n_frames)]
-    for group in _people_of(blobs, classes):
-        people_per_frame[blobs.frame[group[0]]].append(_person_keypoints(group, blobs, classes, radius))
+    min_pixels = max(2, len(_disc_offsets(radius)) // 2)
+    level = frames.max(-1)
+    drawn = level >= DRAWN_LEVEL
+    distance = _code_distance(frames)
+    nearest = distance.min(-1)
+    classes = np.where(drawn & (nearest < EXACT_MATCH), distance.argmin(-1), np.where(drawn, 17, -1))
+    people_per_frame: list[list[np.ndarray]] = []
+    for f in range(n_frames):
+        regions, count = ndimage.label(drawn[f], structure=_IN_FRAME)
+        found = []
+        for ys, xs in (np.nonzero(regions == r) for r in range(1, count + 1)):
+            if len(ys) >= min_pixels:
+                drawing = _Drawing(ys, xs, level[f, ys, xs].astype(np.float32), distance[f, ys, xs], classes[f], radius)
+                found.extend(p for p in _people([_candidates(drawing, j) for j in range(17)]) if (p[:, 2] > 0).any())
+        people_per_frame.append(sorted(found, key=lambda p: float(p[p[:, 2] > 0, 0].mean())))
     most = max((len(p) for p in people_per_frame), default=0)
     n_persons = most if persons is None else int(persons)
     out = np.zeros((n_frames, n_persons, 17, 3), np.float32)
     for f, found in enumerate(people_per_frame):
-        found.sort(key=lambda p: float(p[p[:, 2] > 0, 0].mean()))
         for p, person in enumerate(found[:n_persons]):
             out[f, p] = person
     return out
@@ -285,25 +312,6 @@ def _disc_centre(classes: np.ndarray, pixels: np.ndarray, radius: int,
     return float(best[0]), float(best[1])
 
 
-def _merge_fragments(groups: list[list[int]], kind: np.ndarray, region: np.ndarray, x: np.ndarray,
-                     y: np.ndarray) -> list[list[int]]:
-    """Join each smaller group to the nearest larger group of the same region whose joints it does
-    not duplicate (a limb hidden under another person's drawing splits a skeleton in two)."""
-    groups = sorted(groups, key=len, reverse=True)
-    merged: list[list[int]] = []
-    for group in groups:
-        kinds = {int(kind[b]) for b in group}
-        candidates = [m for m in merged if region[m[0]] == region[group[0]]
-                      and not kinds & {int(kind[b]) for b in m}]
-        if candidates:
-            def gap(m: list[int]) -> float:
-                return min(np.hypot(x[a] - x[b], y[a] - y[b]) for a in group for b in m)
-            min(candidates, key=gap).extend(group)
-        else:
-            merged.append(list(group))
-    return merged
-
-
 def visualize_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **hints: Any) -> Frames:
     """The usual pose picture, for people (not the encoding, whose joint discs are sized to the frame so
     they survive resizing to a training size, and which make a small person a blob): each person's
@@ -317,8 +325,8 @@ def visualize_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **hin
         person = skeleton[f:f + 1, p:p + 1]
         visible = person[0, 0, person[0, 0, :, 2] >= 1]
         height = max(float(np.ptp(visible[:, 1])), 8.0)
-        frames, centres, colours = _limb_samples(person)
-        _stamp(canvas, frames + f, centres, colours, radius=max(0.5, height / 60))
+        frames, centres, codes = _limb_samples(person)
+        _stamp(canvas, frames + f, centres, code_colours(codes), radius=max(0.5, height / 60))
         joints = np.nonzero(person[0, 0, :, 2] >= 1)[0]
         _stamp(canvas, np.full(len(joints), f), person[0, 0, joints, 1::-1], SKELETON_JOINT_COLOURS[joints],
                radius=max(1.0, height / 40))
