@@ -384,3 +384,21 @@ def test_densepose_ensemble_keeps_a_body_its_samples_split_between_parts():
     lone[0, 0, 0, 0] = 5
     background = m.encode(np.zeros_like(lone))
     assert np.all(m.decode(m.combine([m.encode(lone), background]))[..., 0] == 0)  # a tie is background
+
+
+def test_skeleton_decoder_reads_any_picture():
+    """A model's picture need not be a drawing. Here one connected stroke holds three nose discs and
+    one ankle disc (the most common count, 2, is no joint's), and random speckle decodes too."""
+    from unityvideo.skeleton_picture import SKELETON_JOINT_COLOURS
+    pose = get_modality("skeleton")
+    frames = np.zeros((1, 32, 32, 3), np.uint8)
+    frames[0, 16, 2:30] = 128  # grey: near no joint's code
+    for x in (4, 12, 20):
+        frames[0, 15:18, x - 1:x + 2] = SKELETON_JOINT_COLOURS[0]
+    frames[0, 15:18, 26:29] = SKELETON_JOINT_COLOURS[15]
+    decoded = pose.decode(frames)
+    assert decoded.shape[2:] == (17, 3) and (decoded[..., 2] > 0).any()
+    rng = np.random.default_rng(13)
+    for _ in range(20):
+        frames = (rng.random((2, 32, 32, 3)) * 255 * (rng.random((2, 32, 32, 1)) < 0.3)).astype(np.uint8)
+        assert pose.decode(frames).shape[2:] == (17, 3)

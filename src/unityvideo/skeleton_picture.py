@@ -220,7 +220,8 @@ def _people(candidates: list[list[tuple[float, float, float]]]) -> np.ndarray:
     """(people, 17, 3) keypoints of one drawing. The number of people is the most common number of
     candidates over the joints that have any; with one, each joint takes its largest candidate; with
     several, joints are assigned along the skeleton tree (each child's candidates to the people by
-    distance to the parent), starting from the joint with that many candidates and the most pixels."""
+    distance to the parent), starting from the joint with that many candidates (else more: its largest)
+    and the most pixels."""
     counts = np.array([len(c) for c in candidates])
     if not counts.any():
         return np.zeros((0, 17, 3), np.float32)
@@ -232,8 +233,9 @@ def _people(candidates: list[list[tuple[float, float, float]]]) -> np.ndarray:
                 _, x, y = max(found)
                 people[0, joint] = (x, y, 2)
         return people
-    root = max((j for j in range(17) if counts[j] == n_people), key=lambda j: sum(a for a, _, _ in candidates[j]))
-    for p, (_, x, y) in enumerate(candidates[root]):
+    root = max((j for j in range(17) if counts[j] >= n_people), key=lambda j: (counts[j] == n_people,
+                                                                                sum(a for a, _, _ in candidates[j])))
+    for p, (_, x, y) in enumerate(sorted(candidates[root], reverse=True)[:n_people]):
         people[p, root] = (x, y, 2)
     seen, queue = {root}, deque([root])
     while queue:
@@ -258,7 +260,7 @@ def decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> Raw
     frames = check_frames(frames, "skeleton")
     n_frames, height, width, _ = frames.shape
     radius = skeleton_radius(height, width)
-    min_pixels = max(2, len(_disc_offsets(radius)) // 2)
+    min_pixels = max(2, len(_disc_offsets(radius)) // 4)  # a lone face joint is a smaller disc
     level = frames.max(-1)
     drawn = level >= DRAWN_LEVEL
     distance = _code_distance(frames)
