@@ -65,6 +65,11 @@ def colour_codes(frames: np.ndarray) -> np.ndarray:
 SKELETON_JOINT_COLOURS = code_colours(SKELETON_CODES)
 
 
+def _code_gap(gap: np.ndarray) -> np.ndarray:
+    """Length of (..., 2) differences of body codes, s weighed by SIDE_WEIGHT."""
+    return np.sqrt(gap[..., 0] ** 2 + (SIDE_WEIGHT * gap[..., 1]) ** 2)
+
+
 def skeleton_radius(height: int, width: int) -> int:
     """Joint disc radius of the skeleton encoding: max(1, round(min(H, W) / 32)), halves rounded up.
     (Format 1 had min(H, W) / 64: at 64 x 64 a one-pixel disc, which a blur of one pixel erases.)"""
@@ -150,11 +155,6 @@ def encode_skeleton(raw: RawArray, size: tuple[int, int] | None = None, **_: Any
 
 # ----------------------------------------------------------------------------- decoding
 
-def _code_gap(gap: np.ndarray) -> np.ndarray:
-    """Length of (..., 2) differences of body codes, s weighed by SIDE_WEIGHT."""
-    return np.sqrt(gap[..., 0] ** 2 + (SIDE_WEIGHT * gap[..., 1]) ** 2)
-
-
 def _code_distance(frames: np.ndarray) -> np.ndarray:
     """(F, H, W, 17) distance of each pixel's body code to each joint's."""
     return _code_gap(colour_codes(frames)[..., None, :] - SKELETON_CODES.astype(np.float32))
@@ -225,9 +225,9 @@ def _people(candidates: list[list[tuple[float, float, float]]]) -> np.ndarray:
     counts = np.array([len(c) for c in candidates])
     if not counts.any():
         return np.zeros((0, 17, 3), np.float32)
-    n_people = int(np.median(counts[counts > 0]))
-    people = np.zeros((max(n_people, 1), 17, 3), np.float32)
-    if n_people <= 1:
+    n_people = int(np.median(counts[counts > 0]))  # >= 1: every count in it is
+    people = np.zeros((n_people, 17, 3), np.float32)
+    if n_people == 1:
         for joint, found in enumerate(candidates):
             if found:
                 _, x, y = max(found)
@@ -268,9 +268,10 @@ def decode_skeleton(frames: Frames, persons: int | None = None, **_: Any) -> Raw
     classes = np.where(drawn & (nearest < EXACT_MATCH), distance.argmin(-1), np.where(drawn, 17, -1))
     people_per_frame: list[list[np.ndarray]] = []
     for f in range(n_frames):
-        regions, count = ndimage.label(drawn[f], structure=_IN_FRAME)
+        regions = ndimage.label(drawn[f], structure=_IN_FRAME)[0]
         found = []
-        for ys, xs in (np.nonzero(regions == r) for r in range(1, count + 1)):
+        pixels = ndimage.value_indices(regions, ignore_value=0)  # one pass, not one scan per region
+        for ys, xs in (pixels[r] for r in sorted(pixels)):
             if len(ys) >= min_pixels:
                 drawing = _Drawing(ys, xs, level[f, ys, xs].astype(np.float32), distance[f, ys, xs], classes[f], radius)
                 found.extend(p for p in _people([_candidates(drawing, j) for j in range(17)]) if (p[:, 2] > 0).any())
